@@ -1,0 +1,194 @@
+//! The one internal message model every protocol maps to and from.
+//!
+//! A [`Message`] is immutable once accepted by the broker and shared as
+//! `Arc<Message>` between the destination, every subscription holding it and
+//! every outbound queue: its body is `Bytes`, so a fan-out to N subscribers
+//! copies nothing. Per-delivery state (redelivery count, delivery sequence)
+//! lives beside it in the destination, never inside it.
+
+use crate::broker::destination::Destination;
+use crate::bstr::ByteStr;
+use bytes::Bytes;
+use std::fmt;
+use std::sync::Arc;
+
+/// JMS default priority.
+pub const DEFAULT_PRIORITY: u8 = 4;
+
+/// What the body holds. The bytes of a body are always in [`Message::body`];
+/// the kind says how a protocol should present them (JMS message class,
+/// STOMP `content-length` or not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// UTF-8 text (JMS TextMessage; a STOMP SEND without content-length).
+    Text,
+    /// Opaque bytes (JMS BytesMessage; a STOMP SEND with content-length).
+    Bytes,
+    /// A JMS MapMessage, in the protocol's own map encoding.
+    Map,
+    /// A JMS ObjectMessage (Java serialization), opaque to the broker.
+    Object,
+    /// A JMS StreamMessage, in the protocol's own encoding.
+    Stream,
+    /// A plain JMS Message with no body.
+    Empty,
+}
+
+/// A typed message property (JMS property types).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PropValue {
+    Bool(bool),
+    Byte(i8),
+    Short(i16),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    String(ByteStr),
+}
+
+impl fmt::Display for PropValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropValue::Bool(v) => write!(f, "{v}"),
+            PropValue::Byte(v) => write!(f, "{v}"),
+            PropValue::Short(v) => write!(f, "{v}"),
+            PropValue::Int(v) => write!(f, "{v}"),
+            PropValue::Long(v) => write!(f, "{v}"),
+            PropValue::Float(v) => write!(f, "{v:?}"),
+            PropValue::Double(v) => write!(f, "{v:?}"),
+            PropValue::String(v) => f.write_str(v),
+        }
+    }
+}
+
+/// A message id in ActiveMQ's shape: `<producer id>:<sequence>`, where the
+/// producer id is `ID:<host>-<port>-<start>-<n>:<conn>:<session>:<producer>`.
+/// The producer part is shared by all messages of one producer, so creating an
+/// id allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    pub producer: Arc<str>,
+    pub seq: u64,
+}
+
+impl MessageId {
+    /// True when `text` is this id written out (`{producer}:{seq}`).
+    pub fn matches(&self, text: &str) -> bool {
+        match text.rsplit_once(':') {
+            Some((producer, seq)) => {
+                producer == &*self.producer && seq.parse::<u64>().ok() == Some(self.seq)
+            }
+            None => false,
+        }
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.producer, self.seq)
+    }
+}
+
+/// A message as the broker core sees it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub id: MessageId,
+    pub destination: Destination,
+    pub body_kind: BodyKind,
+    pub body: Bytes,
+    /// Application properties, in the order they were set. STOMP custom headers
+    /// become string properties.
+    pub properties: Vec<(ByteStr, PropValue)>,
+    pub persistent: bool,
+    /// 0 (lowest) to 9 (highest).
+    pub priority: u8,
+    /// Milliseconds since the epoch; 0 = never expires.
+    pub expiration: i64,
+    /// Milliseconds since the epoch, set when the producer sent it.
+    pub timestamp: i64,
+    pub correlation_id: Option<ByteStr>,
+    pub reply_to: Option<Destination>,
+    pub jms_type: Option<ByteStr>,
+    /// Which broker connection produced it (for `noLocal`).
+    pub producer_connection: u64,
+    /// Set on a copy moved to a dead-letter queue: where it was first sent.
+    pub original_destination: Option<Destination>,
+}
+
+impl Message {
+    /// A message with defaults for every header (non-persistent, priority 4).
+    pub fn new(id: MessageId, destination: Destination, body_kind: BodyKind, body: Bytes) -> Self {
+        Message {
+            id,
+            destination,
+            body_kind,
+            body,
+            properties: Vec::new(),
+            persistent: false,
+            priority: DEFAULT_PRIORITY,
+            expiration: 0,
+            timestamp: now_millis(),
+            correlation_id: None,
+            reply_to: None,
+            jms_type: None,
+            producer_connection: 0,
+            original_destination: None,
+        }
+    }
+
+    pub fn property(&self, name: &str) -> Option<&PropValue> {
+        self.properties
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// True when the message's expiration time has passed.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expiration > 0 && now >= self.expiration
+    }
+
+    /// An estimate of the memory this message holds, for destination limits.
+    pub fn memory_size(&self) -> usize {
+        let props: usize = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        PropValue::String(s) => s.len(),
+                        _ => 8,
+                    }
+                    + 16
+            })
+            .sum();
+        256 + self.body.len() + props
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_matches_its_text() {
+        let id = MessageId {
+            producer: Arc::from("ID:host-1-2-1:3:-1:1"),
+            seq: 42,
+        };
+        let text = id.to_string();
+        assert_eq!(text, "ID:host-1-2-1:3:-1:1:42");
+        assert!(id.matches(&text));
+        assert!(!id.matches("ID:host-1-2-1:3:-1:1:43"));
+        assert!(!id.matches("nonsense"));
+    }
+}

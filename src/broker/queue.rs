@@ -1,0 +1,460 @@
+//! A queue: each message to exactly one consumer.
+//!
+//! State sits behind one mutex per queue (never a global one). Dispatch runs
+//! inline in whichever call made work possible (a send, an ack returning
+//! credit, a consumer arriving): it hands the oldest pending message to the
+//! next consumer in round-robin order that has prefetch credit. Handing out
+//! never blocks: the consumer's sink only queues the delivery for its
+//! connection's writer, and credit bounds how many can be queued.
+//!
+//! A topic subscription is also a `Queue` (private to the subscription, with
+//! one consumer), so acknowledgement, redelivery and flow control work the
+//! same way for both kinds of destination.
+//!
+//! Lock order: queue state → a sink's outbox. Nothing is called on another
+//! destination while the lock is held (dead letters are routed after).
+
+use crate::broker::destination::Destination;
+use crate::broker::message::{now_millis, Message};
+use crate::broker::subscription::{ConsumerSlot, ConsumerSpec, Delivery, Entry, InFlight};
+use crate::broker::Broker;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use thiserror::Error;
+use tokio::sync::Notify;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AckError {
+    #[error("no such consumer")]
+    UnknownConsumer,
+    #[error("the message is not awaiting acknowledgement")]
+    NotInFlight,
+}
+
+/// What an acknowledgement does with the messages it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckAction {
+    /// Consumed: gone from the queue.
+    Consume,
+    /// Poison (STOMP NACK): moved to the dead-letter queue.
+    Poison,
+    /// Acknowledged inside a transaction: settled at commit or rollback.
+    Hold,
+}
+
+/// Why a message is dead-lettered (becomes `dlqDeliveryFailureCause`).
+#[derive(Clone, Copy, Debug)]
+pub enum DeadCause {
+    Poison,
+    Expired,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: VecDeque<Entry>,
+    consumers: Vec<ConsumerSlot>,
+    /// Where round-robin continues.
+    next_consumer: usize,
+    next_order: u64,
+}
+
+/// Counters a console or test can read without taking the lock.
+#[derive(Default, Debug)]
+pub struct QueueStats {
+    pub enqueued: AtomicU64,
+    pub dequeued: AtomicU64,
+    pub dispatched: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+pub struct Queue {
+    destination: Destination,
+    state: Mutex<QueueState>,
+    /// Bytes held by messages not yet consumed (pending or in flight).
+    memory: AtomicUsize,
+    memory_limit: usize,
+    space: Notify,
+    deleted: AtomicBool,
+    /// Poisoned messages go to the dead-letter queue (not for non-durable
+    /// topic subscriptions, where ActiveMQ just drops them).
+    dead_letters: bool,
+    broker: Weak<Broker>,
+    pub stats: QueueStats,
+}
+
+impl Queue {
+    pub fn new(
+        destination: Destination,
+        memory_limit: usize,
+        dead_letters: bool,
+        broker: Weak<Broker>,
+    ) -> Self {
+        Queue {
+            destination,
+            state: Mutex::new(QueueState::default()),
+            memory: AtomicUsize::new(0),
+            memory_limit,
+            space: Notify::new(),
+            deleted: AtomicBool::new(false),
+            dead_letters,
+            broker,
+            stats: QueueStats::default(),
+        }
+    }
+
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding the lock leaves consistent-enough state for
+        // the other connections to go on; do not poison the whole queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a message and dispatches. Returns `true` when the queue is over
+    /// its memory limit: the producer should wait ([`Queue::wait_for_space`])
+    /// before sending more.
+    pub fn send(&self, message: Arc<Message>) -> bool {
+        let size = message.memory_size();
+        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        let dead = {
+            let mut st = self.lock();
+            let order = st.next_order;
+            st.next_order += 1;
+            st.pending.push_back(Entry {
+                order,
+                message,
+                redelivery_count: 0,
+            });
+            self.memory.fetch_add(size, Ordering::Relaxed);
+            self.dispatch(&mut st)
+        };
+        self.route_dead(dead);
+        self.over_limit()
+    }
+
+    pub fn over_limit(&self) -> bool {
+        self.memory.load(Ordering::Relaxed) >= self.memory_limit
+    }
+
+    /// Waits until the queue is below its memory limit (producer flow control).
+    pub async fn wait_for_space(&self) {
+        loop {
+            let notified = self.space.notified();
+            if !self.over_limit() || self.is_deleted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn memory_usage(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    fn release(&self, size: usize) {
+        let before = self.memory.fetch_sub(size, Ordering::Relaxed);
+        if before >= self.memory_limit && before - size < self.memory_limit {
+            self.space.notify_waiters();
+        }
+    }
+
+    pub fn add_consumer(&self, spec: ConsumerSpec) {
+        let dead = {
+            let mut st = self.lock();
+            st.consumers.push(ConsumerSlot::new(spec));
+            self.dispatch(&mut st)
+        };
+        self.route_dead(dead);
+    }
+
+    /// Removes a consumer. Its unacknowledged messages go back to the queue in
+    /// their original order. Those with a sequence up to `delivered_upto` had
+    /// reached the client and come back flagged redelivered; when
+    /// `delivered_are_consumed` (auto-acknowledge) they count as consumed
+    /// instead. Returns whether the consumer existed.
+    pub fn remove_consumer(
+        &self,
+        id: u64,
+        delivered_upto: u64,
+        delivered_are_consumed: bool,
+    ) -> bool {
+        let (found, dead, freed) = {
+            let mut st = self.lock();
+            let Some(pos) = st.consumers.iter().position(|c| c.spec.id == id) else {
+                return false;
+            };
+            let slot = st.consumers.remove(pos);
+            if st.next_consumer > pos {
+                st.next_consumer -= 1;
+            }
+            let mut freed = 0;
+            let mut back = Vec::with_capacity(slot.in_flight.len());
+            for f in slot.in_flight {
+                let mut entry = f.entry;
+                if f.seq <= delivered_upto {
+                    if delivered_are_consumed && !f.held {
+                        freed += entry.message.memory_size();
+                        self.stats.dequeued.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    entry.redelivery_count += 1;
+                }
+                back.push(entry);
+            }
+            requeue(&mut st.pending, back);
+            (true, self.dispatch(&mut st), freed)
+        };
+        if freed > 0 {
+            self.release(freed);
+        }
+        self.route_dead(dead);
+        found
+    }
+
+    /// Acknowledges the delivery `seq` of `consumer` (and every earlier one
+    /// when `cumulative`). Returns the sequences it covered.
+    pub fn ack(
+        &self,
+        consumer: u64,
+        seq: u64,
+        cumulative: bool,
+        action: AckAction,
+    ) -> Result<Vec<u64>, AckError> {
+        let mut freed = 0;
+        let mut poisoned = Vec::new();
+        let (covered, mut dead) = {
+            let mut st = self.lock();
+            let slot = st
+                .consumers
+                .iter_mut()
+                .find(|c| c.spec.id == consumer)
+                .ok_or(AckError::UnknownConsumer)?;
+            let range = slot
+                .ack_range(seq, cumulative)
+                .ok_or(AckError::NotInFlight)?;
+            let mut covered = Vec::with_capacity(range.len());
+            match action {
+                AckAction::Hold => {
+                    for f in slot.in_flight.range_mut(range) {
+                        covered.push(f.seq);
+                        if !f.held {
+                            f.held = true;
+                            slot.credit_used -= 1;
+                        }
+                    }
+                }
+                AckAction::Consume | AckAction::Poison => {
+                    for f in slot.in_flight.drain(range) {
+                        covered.push(f.seq);
+                        if !f.held {
+                            slot.credit_used -= 1;
+                        }
+                        freed += f.entry.message.memory_size();
+                        if action == AckAction::Poison {
+                            poisoned.push(f.entry.message);
+                        }
+                    }
+                    self.stats
+                        .dequeued
+                        .fetch_add(covered.len() as u64, Ordering::Relaxed);
+                }
+            }
+            (covered, self.dispatch(&mut st))
+        };
+        if freed > 0 {
+            self.release(freed);
+        }
+        if self.dead_letters {
+            dead.extend(poisoned.into_iter().map(|m| (m, DeadCause::Poison)));
+        }
+        self.route_dead(dead);
+        Ok(covered)
+    }
+
+    /// Ends a transaction's hold on deliveries. On commit they are consumed.
+    /// On rollback they stay with the consumer, unacknowledged again (as
+    /// ActiveMQ does: the client may acknowledge them anew; they return to
+    /// the queue only if the consumer closes). Unknown sequences are skipped:
+    /// the consumer may have closed and returned them already.
+    pub fn settle_held(&self, consumer: u64, seqs: &[u64], commit: bool) {
+        let mut freed = 0;
+        let dead = {
+            let mut st = self.lock();
+            let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) else {
+                return;
+            };
+            for &seq in seqs {
+                let Ok(pos) = slot.in_flight.binary_search_by_key(&seq, |f| f.seq) else {
+                    continue;
+                };
+                if commit {
+                    let f = slot.in_flight.remove(pos).expect("position just found");
+                    if !f.held {
+                        slot.credit_used -= 1;
+                    }
+                    freed += f.entry.message.memory_size();
+                    self.stats.dequeued.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let f = &mut slot.in_flight[pos];
+                    if f.held {
+                        f.held = false;
+                        slot.credit_used += 1;
+                    }
+                }
+            }
+            self.dispatch(&mut st)
+        };
+        if freed > 0 {
+            self.release(freed);
+        }
+        self.route_dead(dead);
+    }
+
+    /// Changes a consumer's prefetch (0 pauses it) and dispatches.
+    pub fn set_prefetch(&self, consumer: u64, prefetch: u32) {
+        let dead = {
+            let mut st = self.lock();
+            if let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+                slot.spec.prefetch = prefetch;
+            }
+            self.dispatch(&mut st)
+        };
+        self.route_dead(dead);
+    }
+
+    /// The sequence of the first in-flight delivery to `consumer` whose
+    /// message satisfies `pred` (acknowledgement by message id).
+    pub fn find_in_flight(&self, consumer: u64, pred: impl Fn(&Message) -> bool) -> Option<u64> {
+        let st = self.lock();
+        let slot = st.consumers.iter().find(|c| c.spec.id == consumer)?;
+        slot.in_flight
+            .iter()
+            .find(|f| pred(&f.entry.message))
+            .map(|f| f.seq)
+    }
+
+    /// Messages waiting for a consumer, oldest first (a browser's view).
+    pub fn browse(&self) -> Vec<Arc<Message>> {
+        self.lock()
+            .pending
+            .iter()
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.lock()
+            .consumers
+            .iter()
+            .map(|c| c.in_flight.len())
+            .sum()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    /// Drops every pending message (used when a subscription's queue is destroyed).
+    pub fn purge(&self) {
+        let freed: usize = {
+            let mut st = self.lock();
+            st.pending.drain(..).map(|e| e.message.memory_size()).sum()
+        };
+        self.release(freed);
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Relaxed);
+        self.space.notify_waiters();
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
+    /// Hands pending messages to consumers with credit, round-robin.
+    /// Returns the expired messages it met, to be routed once the lock is released.
+    fn dispatch(&self, st: &mut QueueState) -> Vec<(Arc<Message>, DeadCause)> {
+        let mut dead = Vec::new();
+        if st.consumers.is_empty() {
+            return dead;
+        }
+        let mut now = None;
+        'messages: while let Some(front) = st.pending.front() {
+            if front.message.expiration > 0
+                && front
+                    .message
+                    .is_expired(*now.get_or_insert_with(now_millis))
+            {
+                let entry = st.pending.pop_front().expect("front exists");
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                self.release(entry.message.memory_size());
+                dead.push((entry.message, DeadCause::Expired));
+                continue;
+            }
+            let n = st.consumers.len();
+            for k in 0..n {
+                let i = (st.next_consumer + k) % n;
+                if !st.consumers[i].has_credit() {
+                    continue;
+                }
+                let entry = st.pending.pop_front().expect("front exists");
+                let slot = &mut st.consumers[i];
+                let seq = slot.next_seq;
+                let delivery = Delivery {
+                    message: entry.message.clone(),
+                    consumer: slot.spec.id,
+                    seq,
+                    redelivery_count: entry.redelivery_count,
+                };
+                if slot.spec.sink.deliver(delivery) {
+                    slot.next_seq += 1;
+                    slot.credit_used += 1;
+                    slot.in_flight.push_back(InFlight {
+                        seq,
+                        entry,
+                        held: false,
+                    });
+                    st.next_consumer = (i + 1) % n;
+                    self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    slot.dead = true;
+                    st.pending.push_front(entry);
+                }
+                continue 'messages;
+            }
+            break;
+        }
+        dead
+    }
+
+    fn route_dead(&self, dead: Vec<(Arc<Message>, DeadCause)>) {
+        if dead.is_empty() {
+            return;
+        }
+        if let Some(broker) = self.broker.upgrade() {
+            for (message, cause) in dead {
+                broker.dead_letter(&message, cause);
+            }
+        }
+    }
+}
+
+/// Puts entries (sorted by order) back among the pending ones, keeping the
+/// destination's original order.
+fn requeue(pending: &mut VecDeque<Entry>, back: Vec<Entry>) {
+    for entry in back.into_iter().rev() {
+        let pos = pending.partition_point(|e| e.order < entry.order);
+        pending.insert(pos, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests;

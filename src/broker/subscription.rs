@@ -1,0 +1,94 @@
+//! What the core knows of a consumer: where to deliver, how much credit it
+//! has, and the deliveries it has not acknowledged yet.
+//!
+//! The core never writes frames. A protocol session implements
+//! [`DeliverySink`] and turns each [`Delivery`] into its own frame.
+
+use crate::broker::message::Message;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A message handed to a consumer.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub consumer: u64,
+    /// Per-consumer delivery sequence (1, 2, ...): what acknowledgements name.
+    pub seq: u64,
+    /// How many times this message was handed out before and came back.
+    pub redelivery_count: u32,
+}
+
+impl Delivery {
+    pub fn redelivered(&self) -> bool {
+        self.redelivery_count > 0
+    }
+}
+
+/// The connection side of a consumer. `deliver` must not block and must not
+/// call back into the core (it is called with the destination's lock held):
+/// it queues the delivery for the connection's writer and returns `false`
+/// when the connection is gone.
+pub trait DeliverySink: Send + Sync {
+    fn deliver(&self, delivery: Delivery) -> bool;
+}
+
+/// How a consumer wants messages: what a protocol's subscribe becomes.
+pub struct ConsumerSpec {
+    pub id: u64,
+    pub connection: u64,
+    /// Deliveries that may be unacknowledged at once; 0 pauses dispatch.
+    pub prefetch: u32,
+    pub no_local: bool,
+    pub sink: Arc<dyn DeliverySink>,
+}
+
+/// A queue entry: one message and its delivery history in this destination.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// Position in the destination: entries go back in this order on redelivery.
+    pub order: u64,
+    pub message: Arc<Message>,
+    pub redelivery_count: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub seq: u64,
+    pub entry: Entry,
+    /// Acknowledged inside an open transaction: the credit is given back, the
+    /// entry stays until the transaction ends.
+    pub held: bool,
+}
+
+pub(crate) struct ConsumerSlot {
+    pub spec: ConsumerSpec,
+    pub in_flight: VecDeque<InFlight>,
+    /// In-flight entries that still take credit (not held).
+    pub credit_used: u32,
+    pub next_seq: u64,
+    /// The sink said the connection is gone; skip it until it is removed.
+    pub dead: bool,
+}
+
+impl ConsumerSlot {
+    pub fn new(spec: ConsumerSpec) -> Self {
+        ConsumerSlot {
+            spec,
+            in_flight: VecDeque::new(),
+            credit_used: 0,
+            next_seq: 1,
+            dead: false,
+        }
+    }
+
+    pub fn has_credit(&self) -> bool {
+        !self.dead && self.credit_used < self.spec.prefetch
+    }
+
+    /// Index range of in-flight entries an ack of `seq` covers.
+    pub fn ack_range(&self, seq: u64, cumulative: bool) -> Option<std::ops::Range<usize>> {
+        let pos = self.in_flight.binary_search_by_key(&seq, |f| f.seq).ok()?;
+        Some(if cumulative { 0..pos + 1 } else { pos..pos + 1 })
+    }
+}

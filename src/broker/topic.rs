@@ -1,0 +1,71 @@
+//! A topic: each message to every current subscriber.
+//!
+//! Every subscription owns a private [`Queue`] with one consumer; publishing
+//! puts the same `Arc<Message>` into each of them. A durable subscription's
+//! queue simply outlives its consumer.
+
+use crate::broker::destination::Destination;
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone)]
+pub struct TopicSub {
+    pub id: u64,
+    pub queue: Arc<Queue>,
+    /// Skip messages produced by `connection` (JMS noLocal).
+    pub no_local: bool,
+    pub connection: u64,
+}
+
+pub struct Topic {
+    destination: Destination,
+    subs: RwLock<Vec<TopicSub>>,
+}
+
+impl Topic {
+    pub fn new(destination: Destination) -> Self {
+        Topic {
+            destination,
+            subs: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// Puts the message in every subscription. Returns the subscriptions'
+    /// queues that are over their memory limit, for the producer to wait on.
+    pub fn publish(&self, message: &Arc<Message>) -> Vec<Arc<Queue>> {
+        let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
+        let mut full = Vec::new();
+        for sub in subs.iter() {
+            if sub.no_local && sub.connection == message.producer_connection {
+                continue;
+            }
+            if sub.queue.send(message.clone()) {
+                full.push(sub.queue.clone());
+            }
+        }
+        full
+    }
+
+    pub fn attach(&self, sub: TopicSub) {
+        self.subs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sub);
+    }
+
+    pub fn detach(&self, id: u64) {
+        self.subs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.id != id);
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}

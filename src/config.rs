@@ -1,0 +1,329 @@
+//! Broker configuration: `conf/broker.toml`, every key optional.
+//!
+//! A key that is not known, or a value of the wrong type or out of range,
+//! stops start-up with a message naming it.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerSection,
+    pub listeners: Listeners,
+    pub stomp: StompSection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Broker name (appears in client-id errors, advisories).
+    pub name: String,
+    /// Where persistent data lives.
+    pub data_dir: PathBuf,
+    /// The dead-letter queue.
+    pub dead_letter_queue: String,
+}
+
+/// Listener addresses; an empty string disables a listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// Protocol-sniffing port (ActiveMQ's `auto` transport): STOMP and OpenWire.
+    pub auto: String,
+    /// STOMP only.
+    pub stomp: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StompSection {
+    pub max_command_length: usize,
+    pub max_header_length: usize,
+    pub max_headers: usize,
+    /// Largest frame body, in bytes (ActiveMQ's `maxDataLength`).
+    pub max_frame_size: usize,
+    /// Silence allowed from a heart-beating client, as a multiple of its interval.
+    pub heartbeat_grace: f64,
+    /// Milliseconds a new connection has to send CONNECT.
+    pub connect_timeout_ms: u64,
+    pub queue_prefetch: u32,
+    pub topic_prefetch: u32,
+    pub durable_topic_prefetch: u32,
+    pub max_subscriptions_per_connection: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_connections: usize,
+    /// Bytes of unconsumed messages a destination may hold before its
+    /// producers are made to wait (producer flow control).
+    pub destination_memory_limit: usize,
+    /// Bytes one open transaction may hold.
+    pub max_transaction_size: usize,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            name: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            dead_letter_queue: "ActiveMQ.DLQ".into(),
+        }
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            auto: "0.0.0.0:61616".into(),
+            stomp: "0.0.0.0:61613".into(),
+        }
+    }
+}
+
+impl Default for StompSection {
+    fn default() -> Self {
+        let s = crate::stomp::session::StompSettings::default();
+        StompSection {
+            max_command_length: s.limits.max_command_length,
+            max_header_length: s.limits.max_header_length,
+            max_headers: s.limits.max_headers,
+            max_frame_size: s.limits.max_frame_size,
+            heartbeat_grace: s.heartbeat_grace,
+            connect_timeout_ms: s.connect_timeout.as_millis() as u64,
+            queue_prefetch: s.queue_prefetch,
+            topic_prefetch: s.topic_prefetch,
+            durable_topic_prefetch: s.durable_topic_prefetch,
+            max_subscriptions_per_connection: s.max_subscriptions,
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 10_000,
+            destination_memory_limit: 64 * 1024 * 1024,
+            max_transaction_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: BrokerSection::default(),
+            listeners: Listeners::default(),
+            stomp: StompSection::default(),
+            limits: LimitsSection::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: addresses and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_listener("listeners.auto", &self.listeners.auto)?;
+        parse_listener("listeners.stomp", &self.listeners.stomp)?;
+        let positive = |key: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("stomp.max_command_length", self.stomp.max_command_length)?;
+        positive("stomp.max_header_length", self.stomp.max_header_length)?;
+        positive("stomp.max_headers", self.stomp.max_headers)?;
+        positive("stomp.max_frame_size", self.stomp.max_frame_size)?;
+        positive("limits.max_connections", self.limits.max_connections)?;
+        positive(
+            "limits.destination_memory_limit",
+            self.limits.destination_memory_limit,
+        )?;
+        positive(
+            "limits.max_transaction_size",
+            self.limits.max_transaction_size,
+        )?;
+        if !(self.stomp.heartbeat_grace >= 1.0 && self.stomp.heartbeat_grace <= 100.0) {
+            return Err(ConfigError::Invalid {
+                key: "stomp.heartbeat_grace",
+                message: format!(
+                    "must be between 1.0 and 100.0, not {}",
+                    self.stomp.heartbeat_grace
+                ),
+            });
+        }
+        if self.broker.name.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "broker.name",
+                message: "must not be empty".into(),
+            });
+        }
+        if self.broker.dead_letter_queue.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "broker.dead_letter_queue",
+                message: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The address of a listener, `None` when it is disabled.
+    pub fn listener(&self, key: &'static str) -> Option<SocketAddr> {
+        let value = match key {
+            "listeners.auto" => &self.listeners.auto,
+            "listeners.stomp" => &self.listeners.stomp,
+            _ => return None,
+        };
+        parse_listener(key, value).ok().flatten()
+    }
+
+    pub fn stomp_settings(&self) -> crate::stomp::session::StompSettings {
+        let s = &self.stomp;
+        crate::stomp::session::StompSettings {
+            limits: crate::stomp::codec::Limits {
+                max_command_length: s.max_command_length,
+                max_header_length: s.max_header_length,
+                max_headers: s.max_headers,
+                max_frame_size: s.max_frame_size,
+            },
+            heartbeat_grace: s.heartbeat_grace,
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            queue_prefetch: s.queue_prefetch,
+            topic_prefetch: s.topic_prefetch,
+            durable_topic_prefetch: s.durable_topic_prefetch,
+            max_subscriptions: s.max_subscriptions_per_connection,
+            max_transaction_bytes: self.limits.max_transaction_size,
+            ..Default::default()
+        }
+    }
+
+    pub fn core_config(&self) -> crate::broker::CoreConfig {
+        crate::broker::CoreConfig {
+            broker_name: self.broker.name.clone(),
+            destination_memory_limit: self.limits.destination_memory_limit,
+            dead_letter_queue: self.broker.dead_letter_queue.clone(),
+            dead_letter_non_persistent: false,
+        }
+    }
+}
+
+fn parse_listener(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    // Accept ActiveMQ-style URIs too: tcp://0.0.0.0:61616, stomp://...
+    let addr = value.split_once("://").map_or(value, |(_, rest)| rest);
+    let addr = addr.split('?').next().unwrap_or(addr);
+    addr.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|e| ConfigError::Invalid {
+            key,
+            message: format!("'{value}' is not an address like 127.0.0.1:61613 ({e})"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listeners.auto, "0.0.0.0:61616");
+        assert_eq!(c.listener("listeners.stomp").unwrap().port(), 61613);
+        assert_eq!(c.broker.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/broker.toml");
+        Config::from_file(&path).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[stomp]\nmax_headerz = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_headerz"), "{err}");
+        let err = Config::from_toml("[nope]\n").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn wrong_values_are_named() {
+        let err = Config::from_toml("[listeners]\nstomp = \"nonsense\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listeners.stomp"), "{err}");
+        let err = Config::from_toml("[stomp]\nmax_headers = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_headers"), "{err}");
+        let err = Config::from_toml("[stomp]\nheartbeat_grace = 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stomp.heartbeat_grace"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn listeners_accept_uris_and_can_be_disabled() {
+        let c =
+            Config::from_toml("[listeners]\nauto = \"tcp://127.0.0.1:7000?x=1\"\nstomp = \"\"\n")
+                .unwrap();
+        assert_eq!(c.listener("listeners.auto").unwrap().port(), 7000);
+        assert!(c.listener("listeners.stomp").is_none());
+    }
+}

@@ -1,0 +1,16 @@
+//! ferromq: a message broker that Apache ActiveMQ 5.x clients can switch to
+//! unchanged.
+//!
+//! Layers, each in its own module: [`transport`] (listeners, protocol
+//! sniffing) → protocol codecs and sessions ([`stomp`]) → the protocol-free
+//! [`broker`] core. [`config`] holds the settings; [`Server`] ties them
+//! together and is what both `main` and the tests start.
+
+pub mod broker;
+pub mod bstr;
+pub mod config;
+pub mod stomp;
+pub mod transport;
+
+pub use config::Config;
+pub use transport::{ListenerKind, Server};

@@ -1,0 +1,137 @@
+//! The `ferromq` command: runs the broker.
+
+use clap::Parser;
+use ferromq::{Config, Server};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// A message broker that ActiveMQ 5.x clients (OpenWire, STOMP) use unchanged.
+#[derive(Parser, Debug)]
+#[command(name = "ferromq", version)]
+struct Cli {
+    /// Configuration file (default: conf/broker.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides broker.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Auto-detecting listener address, e.g. 0.0.0.0:61616 ("" disables).
+    #[arg(long, value_name = "ADDR")]
+    auto_addr: Option<String>,
+    /// STOMP listener address, e.g. 0.0.0.0:61613 ("" disables).
+    #[arg(long, value_name = "ADDR")]
+    stomp_addr: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let mut config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration error: {e}");
+            eprintln!("ferromq: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = &cli.data_dir {
+        config.broker.data_dir = dir.clone();
+    }
+    if let Some(a) = &cli.auto_addr {
+        config.listeners.auto = a.clone();
+    }
+    if let Some(a) = &cli.stomp_addr {
+        config.listeners.stomp = a.clone();
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("ferromq: configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferromq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ferromq::config::ConfigError> {
+    match &cli.config {
+        Some(path) => Config::from_file(path),
+        None => {
+            let default = PathBuf::from("conf/broker.toml");
+            if default.exists() {
+                Config::from_file(&default)
+            } else {
+                Ok(Config::default())
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&config.broker.data_dir) {
+        eprintln!(
+            "ferromq: cannot create the data directory {}: {e}",
+            config.broker.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let server = match Server::bind(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferromq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(
+        data_dir = %config.broker.data_dir.display(),
+        broker = %config.broker.name,
+        "ferromq {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received");
+        signal.cancel();
+    });
+    server.run(shutdown).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

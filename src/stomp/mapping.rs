@@ -1,0 +1,364 @@
+//! STOMP frames ⇄ core messages, as ActiveMQ's STOMP connector maps them.
+//!
+//! SEND: `content-length` present → a bytes message, absent → a text message;
+//! `persistent`, `priority`, `expires`, `correlation-id`, `reply-to` and `type`
+//! set the matching message fields; every other header (except `destination`,
+//! `receipt`, `transaction`, `content-length`) becomes a string property.
+//! MESSAGE: the reverse, with the standard headers ActiveMQ writes.
+
+use crate::broker::destination::{Destination, DestinationKind};
+use crate::broker::message::{BodyKind, Message, MessageId, PropValue};
+use crate::broker::subscription::Delivery;
+use crate::stomp::codec::put_header;
+use crate::stomp::frame::{Frame, Version};
+use bytes::{BufMut, BytesMut};
+use std::fmt::Write as _;
+
+/// A SEND that cannot become a message (a per-frame, non-fatal error).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MappingError(pub String);
+
+/// Parses a STOMP destination (`/queue/a`, `/topic/a`). As in ActiveMQ, a
+/// name without a known prefix is a queue of exactly that name.
+pub fn parse_destination(name: &str) -> Result<Destination, MappingError> {
+    let name = name.trim();
+    match parse_prefixed(name) {
+        Some(d) if d.name.is_empty() => Err(MappingError(format!(
+            "Invalid destination name: a non-empty name is required: [{name}]"
+        ))),
+        Some(d) => Ok(d),
+        None if name.is_empty() => Err(MappingError(
+            "Invalid empty or 'null' Destination header".into(),
+        )),
+        None => Ok(Destination::queue(name)),
+    }
+}
+
+fn parse_prefixed(name: &str) -> Option<Destination> {
+    if let Some(rest) = name.strip_prefix("/queue/") {
+        Some(Destination::queue(rest))
+    } else {
+        name.strip_prefix("/topic/").map(Destination::topic)
+    }
+}
+
+/// Writes a destination in STOMP form.
+pub fn write_destination(out: &mut String, d: &Destination) {
+    let prefix = match d.kind {
+        DestinationKind::Queue => "/queue/",
+        DestinationKind::Topic => "/topic/",
+        DestinationKind::TempQueue => "/temp-queue/",
+        DestinationKind::TempTopic => "/temp-topic/",
+    };
+    out.push_str(prefix);
+    out.push_str(&d.name);
+}
+
+pub fn destination_string(d: &Destination) -> String {
+    let mut s = String::with_capacity(8 + d.name.len());
+    write_destination(&mut s, d);
+    s
+}
+
+/// Headers of a SEND that are not copied into the message's properties.
+fn is_transport_header(name: &str) -> bool {
+    matches!(
+        name,
+        "destination"
+            | "receipt"
+            | "transaction"
+            | "content-length"
+            | "persistent"
+            | "priority"
+            | "expires"
+            | "correlation-id"
+            | "reply-to"
+            | "type"
+            | "message-id"
+            | "timestamp"
+            | "redelivered"
+            | "subscription"
+            | "ack"
+    )
+}
+
+/// Builds the core message for a SEND frame.
+pub fn message_from_send(
+    frame: Frame,
+    destination: Destination,
+    id: MessageId,
+    connection: u64,
+) -> Result<Message, MappingError> {
+    let mut body_kind = if frame.header("content-length").is_some() {
+        BodyKind::Bytes
+    } else {
+        BodyKind::Text
+    };
+    // `amq-msg-type` forces the body type; then it and content-length stay as properties.
+    let forced = match frame.header("amq-msg-type").map(|v| v.trim()) {
+        None => false,
+        Some("text") => {
+            body_kind = BodyKind::Text;
+            true
+        }
+        Some("bytes") => {
+            body_kind = BodyKind::Bytes;
+            true
+        }
+        Some(other) => return Err(MappingError(format!("Unsupported message type '{other}'"))),
+    };
+    if body_kind == BodyKind::Text && std::str::from_utf8(&frame.body).is_err() {
+        body_kind = BodyKind::Bytes;
+    }
+    let mut message = Message::new(id, destination, body_kind, frame.body);
+    message.producer_connection = connection;
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, value) in &frame.headers {
+        // Repeated headers: the first one wins.
+        if seen.contains(&name.as_str()) {
+            continue;
+        }
+        seen.push(name.as_str());
+        match name.as_str() {
+            "persistent" => message.persistent = value.trim() == "true",
+            "priority" => {
+                let p: i64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| MappingError(format!("Invalid priority header: {value}")))?;
+                message.priority = p.clamp(0, 9) as u8;
+            }
+            "expires" => {
+                message.expiration = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| MappingError(format!("Invalid expires header: {value}")))?;
+            }
+            "timestamp" => {
+                if let Ok(t) = value.trim().parse() {
+                    message.timestamp = t;
+                }
+            }
+            "correlation-id" => message.correlation_id = Some(value.clone()),
+            "type" => message.jms_type = Some(value.clone()),
+            // A reply-to without a known prefix stays a plain property, as in ActiveMQ.
+            "reply-to" => match parse_prefixed(value.trim()).filter(|d| !d.name.is_empty()) {
+                Some(d) => message.reply_to = Some(d),
+                None => message
+                    .properties
+                    .push((name.clone(), PropValue::String(value.clone()))),
+            },
+            "content-length" if forced => message
+                .properties
+                .push((name.clone(), PropValue::String(value.clone()))),
+            n if is_transport_header(n) => {}
+            _ => message
+                .properties
+                .push((name.clone(), PropValue::String(value.clone()))),
+        }
+    }
+    Ok(message)
+}
+
+/// How a subscription acknowledges (the SUBSCRIBE `ack` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+impl AckMode {
+    pub fn parse(value: Option<&str>) -> Option<AckMode> {
+        match value.map(str::trim) {
+            None | Some("auto") => Some(AckMode::Auto),
+            Some("client") => Some(AckMode::Client),
+            Some("client-individual") => Some(AckMode::ClientIndividual),
+            _ => None,
+        }
+    }
+}
+
+/// The ack id of a delivery (the 1.2 `ack` header): `<consumer>-<seq>`.
+pub fn write_ack_id(out: &mut String, consumer: u64, seq: u64) {
+    let _ = write!(out, "{consumer}-{seq}");
+}
+
+pub fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
+    let (c, s) = id.split_once('-')?;
+    Some((c.parse().ok()?, s.parse().ok()?))
+}
+
+/// Encodes a MESSAGE frame for a delivery straight into the output buffer.
+/// Returns the body separately when it is large, so the caller can write it
+/// without copying it into the buffer.
+pub fn encode_message(
+    out: &mut BytesMut,
+    subscription: &str,
+    ack_mode: AckMode,
+    version: Version,
+    delivery: &Delivery,
+    scratch: &mut String,
+    inline_body_limit: usize,
+) -> Option<bytes::Bytes> {
+    let m = &delivery.message;
+    let esc = Some(version);
+    out.reserve(256 + m.body.len().min(inline_body_limit));
+    out.extend_from_slice(b"MESSAGE\n");
+    let num = |out: &mut BytesMut, name: &str, v: &dyn std::fmt::Display, s: &mut String| {
+        s.clear();
+        let _ = write!(s, "{v}");
+        put_header(out, name, s, esc);
+    };
+    put_header(out, "subscription", subscription, esc);
+    num(out, "message-id", &m.id, scratch);
+    scratch.clear();
+    write_destination(scratch, &m.destination);
+    put_header(out, "destination", scratch, esc);
+    if ack_mode != AckMode::Auto && version == Version::V1_2 {
+        scratch.clear();
+        write_ack_id(scratch, delivery.consumer, delivery.seq);
+        put_header(out, "ack", scratch, esc);
+    }
+    num(out, "expires", &m.expiration, scratch);
+    num(out, "priority", &m.priority, scratch);
+    num(out, "timestamp", &m.timestamp, scratch);
+    if m.persistent {
+        put_header(out, "persistent", "true", esc);
+    }
+    if delivery.redelivered() {
+        put_header(out, "redelivered", "true", esc);
+    }
+    if let Some(c) = &m.correlation_id {
+        put_header(out, "correlation-id", c, esc);
+    }
+    if let Some(r) = &m.reply_to {
+        scratch.clear();
+        write_destination(scratch, r);
+        put_header(out, "reply-to", scratch, esc);
+    }
+    if let Some(t) = &m.jms_type {
+        put_header(out, "type", t, esc);
+    }
+    if let Some(o) = &m.original_destination {
+        scratch.clear();
+        write_destination(scratch, o);
+        put_header(out, "original-destination", scratch, esc);
+    }
+    for (name, value) in &m.properties {
+        match value {
+            PropValue::String(s) => put_header(out, name, s, esc),
+            other => num(out, name, other, scratch),
+        }
+    }
+    // A text body goes without content-length, as ActiveMQ sends it, unless it
+    // holds a NUL that would end the frame early.
+    if m.body_kind != BodyKind::Text || memchr::memchr(0, &m.body).is_some() {
+        num(out, "content-length", &m.body.len(), scratch);
+    }
+    out.put_u8(b'\n');
+    if m.body.len() > inline_body_limit {
+        return Some(m.body.clone());
+    }
+    out.extend_from_slice(&m.body);
+    out.extend_from_slice(b"\0\n");
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stomp::codec::{Item, Limits, StompCodec};
+    use crate::stomp::frame::Command;
+    use std::sync::Arc;
+    use tokio_util::codec::Decoder;
+
+    fn id() -> MessageId {
+        MessageId {
+            producer: Arc::from("ID:h-1-2-1:7:-1:1"),
+            seq: 3,
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(
+            parse_destination("/queue/a.b").unwrap(),
+            Destination::queue("a.b")
+        );
+        assert_eq!(
+            parse_destination("/topic/t").unwrap(),
+            Destination::topic("t")
+        );
+        assert_eq!(
+            parse_destination("plain").unwrap(),
+            Destination::queue("plain")
+        );
+        assert!(parse_destination("/queue/").is_err());
+    }
+
+    #[test]
+    fn send_to_message_and_back() {
+        let frame = Frame::new(Command::Send)
+            .with_header("destination", "/queue/q")
+            .with_header("persistent", "true")
+            .with_header("priority", "7")
+            .with_header("correlation-id", "c1")
+            .with_header("reply-to", "/topic/replies")
+            .with_header("type", "kind")
+            .with_header("custom", "x:y\nz")
+            .with_header("custom", "ignored")
+            .with_header("receipt", "r1")
+            .with_header("content-length", "3")
+            .with_body(&b"a\0b"[..]);
+        let m = message_from_send(frame, Destination::queue("q"), id(), 9).unwrap();
+        assert_eq!(m.body_kind, BodyKind::Bytes);
+        assert!(m.persistent);
+        assert_eq!(m.priority, 7);
+        assert_eq!(m.properties.len(), 1);
+        assert_eq!(m.reply_to, Some(Destination::topic("replies")));
+
+        let delivery = Delivery {
+            message: Arc::new(m),
+            consumer: 5,
+            seq: 11,
+            redelivery_count: 1,
+        };
+        let mut out = BytesMut::new();
+        let mut scratch = String::new();
+        let big = encode_message(
+            &mut out,
+            "sub-1",
+            AckMode::Client,
+            Version::V1_2,
+            &delivery,
+            &mut scratch,
+            1 << 20,
+        );
+        assert!(big.is_none());
+        let mut codec = StompCodec::new(Limits::default());
+        codec.set_version(Version::V1_2);
+        let Some(Item::Frame(f)) = codec.decode(&mut out).unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.command, Command::Message);
+        assert_eq!(f.header("message-id").unwrap(), "ID:h-1-2-1:7:-1:1:3");
+        assert_eq!(f.header("ack").unwrap(), "5-11");
+        assert_eq!(f.header("destination").unwrap(), "/queue/q");
+        assert_eq!(f.header("redelivered").unwrap(), "true");
+        assert_eq!(f.header("persistent").unwrap(), "true");
+        assert_eq!(f.header("custom").unwrap(), "x:y\nz");
+        assert_eq!(f.header("reply-to").unwrap(), "/topic/replies");
+        assert_eq!(f.header("content-length").unwrap(), "3");
+        assert_eq!(&f.body[..], b"a\0b");
+        assert!(f.header("receipt").is_none());
+    }
+
+    #[test]
+    fn ack_ids_round_trip() {
+        let mut s = String::new();
+        write_ack_id(&mut s, 12, 345);
+        assert_eq!(parse_ack_id(&s), Some((12, 345)));
+        assert_eq!(parse_ack_id("x-1"), None);
+    }
+}

@@ -1,0 +1,1006 @@
+//! One STOMP connection: frames in, core operations out, deliveries back.
+//!
+//! Two tasks per connection. The reader (this session) decodes frames and
+//! calls the core; the writer owns the socket's write half and drains two
+//! sources: a bounded channel of frames the session wants sent (CONNECTED,
+//! RECEIPT, ERROR) and the [`Outbox`] of deliveries the core dispatched. The
+//! bounded channel is the session's backpressure: a client that does not read
+//! its receipts stops being read. The outbox is bounded by prefetch credit.
+//!
+//! A subscription's write state (closed, last sequence written) is shared
+//! between the two tasks under a small per-subscription mutex, so that when a
+//! subscription ends the session knows exactly which deliveries reached the
+//! client (they come back flagged redelivered) and which never left (they come
+//! back as they were).
+
+use crate::broker::destination::Destination;
+use crate::broker::message::{Message, MessageId};
+use crate::broker::queue::{AckAction, Queue};
+use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
+use crate::broker::{Broker, BrokerError, Subscription, Target};
+use crate::bstr::ByteStr;
+use crate::stomp::codec::{encode_frame, CodecError, Item, Limits, StompCodec};
+use crate::stomp::frame::{Command, Frame, Version};
+use crate::stomp::mapping::{
+    self, encode_message, parse_ack_id, parse_destination, AckMode, MappingError,
+};
+use crate::transport::outbox::Outbox;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// STOMP connector settings.
+#[derive(Clone, Debug)]
+pub struct StompSettings {
+    pub limits: Limits,
+    /// A client that promised heart-beats every `cx` ms is dropped after
+    /// `cx * heartbeat_grace` ms of silence.
+    pub heartbeat_grace: f64,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Prefetch of a subscription without `activemq.prefetchSize`: queues,
+    /// topics, durable topic subscriptions (ActiveMQ's defaults).
+    pub queue_prefetch: u32,
+    pub topic_prefetch: u32,
+    pub durable_topic_prefetch: u32,
+    pub max_subscriptions: usize,
+    /// Bytes of messages one open transaction may hold.
+    pub max_transaction_bytes: usize,
+    /// Frames the session may queue for the writer before it stops reading.
+    pub control_queue: usize,
+}
+
+impl Default for StompSettings {
+    fn default() -> Self {
+        StompSettings {
+            limits: Limits::default(),
+            heartbeat_grace: 1.5,
+            connect_timeout: Duration::from_secs(30),
+            queue_prefetch: 1000,
+            topic_prefetch: 32767,
+            durable_topic_prefetch: 100,
+            max_subscriptions: 1000,
+            max_transaction_bytes: 64 * 1024 * 1024,
+            control_queue: 256,
+        }
+    }
+}
+
+const SERVER: &str = concat!("ferromq/", env!("CARGO_PKG_VERSION"));
+/// Bodies larger than this are written straight from the message, not copied
+/// into the write buffer.
+const INLINE_BODY_LIMIT: usize = 64 * 1024;
+/// Deliveries the writer takes from the outbox per round.
+const WRITE_BATCH: usize = 256;
+
+/// An error answered with an ERROR frame.
+#[derive(Debug)]
+struct ProtocolError {
+    message: String,
+    /// Close the connection after the ERROR.
+    fatal: bool,
+}
+
+impl ProtocolError {
+    fn fatal(message: impl Into<String>) -> Self {
+        ProtocolError {
+            message: message.into(),
+            fatal: true,
+        }
+    }
+    fn soft(message: impl Into<String>) -> Self {
+        ProtocolError {
+            message: message.into(),
+            fatal: false,
+        }
+    }
+}
+
+impl From<MappingError> for ProtocolError {
+    fn from(e: MappingError) -> Self {
+        ProtocolError::soft(e.0)
+    }
+}
+
+/// What the session asks of the writer.
+enum Ctl {
+    Frame(Bytes),
+    HeartBeat(Duration),
+}
+
+/// The writer-visible state of one subscription.
+struct SubCtx {
+    stomp_id: ByteStr,
+    ack_mode: AckMode,
+    version: Version,
+    /// Set right after subscribing, before the consumer gets any credit.
+    queue: OnceLock<Arc<Queue>>,
+    consumer_id: u64,
+    write: Mutex<WriteState>,
+}
+
+#[derive(Default)]
+struct WriteState {
+    closed: bool,
+    /// Highest delivery sequence encoded for the client.
+    last_written: u64,
+}
+
+impl SubCtx {
+    fn write_state(&self) -> std::sync::MutexGuard<'_, WriteState> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queue(&self) -> Option<&Arc<Queue>> {
+        self.queue.get()
+    }
+}
+
+type Out = (Arc<SubCtx>, Delivery);
+
+struct Sink {
+    outbox: Arc<Outbox<Out>>,
+    ctx: Arc<SubCtx>,
+}
+
+impl DeliverySink for Sink {
+    fn deliver(&self, delivery: Delivery) -> bool {
+        self.outbox.push((self.ctx.clone(), delivery))
+    }
+}
+
+struct SubEntry {
+    ctx: Arc<SubCtx>,
+    sub: Subscription,
+    destination: ByteStr,
+}
+
+enum TxOp {
+    Send(Target, Arc<Message>),
+    Ack {
+        queue: Arc<Queue>,
+        consumer: u64,
+        seqs: Vec<u64>,
+    },
+}
+
+#[derive(Default)]
+struct Transaction {
+    ops: Vec<TxOp>,
+    bytes: usize,
+}
+
+/// Wraps the read half to remember when bytes last arrived (heart-beats),
+/// and to hand out first the bytes read while sniffing the protocol.
+struct ActivityReader {
+    inner: OwnedReadHalf,
+    prefix: BytesMut,
+    last_read: Instant,
+}
+
+impl AsyncRead for ActivityReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last_read = Instant::now();
+        }
+        res
+    }
+}
+
+struct Session {
+    broker: Arc<Broker>,
+    settings: Arc<StompSettings>,
+    peer: SocketAddr,
+    connection: u64,
+    /// `ID:<host>-<pid>-<start>-1:<n>`: the session header and the root of message ids.
+    connection_name: String,
+    producer: Arc<str>,
+    next_message: u64,
+    version: Version,
+    connected: bool,
+    client_id: Option<String>,
+    subs: HashMap<ByteStr, SubEntry>,
+    txs: HashMap<ByteStr, Transaction>,
+    targets: HashMap<ByteStr, (Destination, Target)>,
+    control: mpsc::Sender<Ctl>,
+    outbox: Arc<Outbox<Out>>,
+    read_timeout: Option<Duration>,
+}
+
+/// Serves one STOMP connection until the client leaves, a fatal error, or
+/// `shutdown`. `prefix` holds bytes already read while sniffing the protocol.
+pub async fn serve(
+    stream: TcpStream,
+    prefix: BytesMut,
+    broker: Arc<Broker>,
+    settings: Arc<StompSettings>,
+    shutdown: CancellationToken,
+) {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let connection = broker.next_id();
+    let connection_name = format!("{}-1:{connection}", broker.id_prefix());
+    let (control, control_rx) = mpsc::channel(settings.control_queue.max(1));
+    let outbox = Arc::new(Outbox::new());
+    let conn_token = shutdown.child_token();
+    let writer = tokio::spawn(writer(
+        write,
+        control_rx,
+        outbox.clone(),
+        conn_token.clone(),
+    ));
+
+    let mut framed = FramedRead::new(
+        ActivityReader {
+            inner: read,
+            prefix,
+            last_read: Instant::now(),
+        },
+        StompCodec::new(settings.limits),
+    );
+
+    let mut session = Session {
+        producer: Arc::from(format!("{connection_name}:-1:1")),
+        broker,
+        settings,
+        peer,
+        connection,
+        connection_name,
+        next_message: 0,
+        version: Version::V1_0,
+        connected: false,
+        client_id: None,
+        subs: HashMap::new(),
+        txs: HashMap::new(),
+        targets: HashMap::new(),
+        control,
+        outbox,
+        read_timeout: None,
+    };
+    let reason = session.run(&mut framed, &conn_token).await;
+    debug!(%reason, "connection closing");
+    session.close().await;
+    conn_token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    info!(%reason, "STOMP connection closed");
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        framed: &mut FramedRead<ActivityReader, StompCodec>,
+        token: &CancellationToken,
+    ) -> String {
+        let connect_deadline = Instant::now() + self.settings.connect_timeout;
+        loop {
+            let deadline = match self.read_timeout {
+                _ if !self.connected => connect_deadline,
+                Some(t) => framed.get_ref().last_read + t,
+                None => Instant::now() + Duration::from_secs(3600),
+            };
+            let item = tokio::select! {
+                biased;
+                _ = token.cancelled() => return "shutdown".into(),
+                item = framed.next() => item,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !self.connected {
+                        return "no CONNECT frame in time".into();
+                    }
+                    if framed.get_ref().last_read + self.read_timeout.unwrap_or_default() <= Instant::now() {
+                        warn!("client missed its heart-beats; closing");
+                        return "missed heart-beats".into();
+                    }
+                    continue;
+                }
+            };
+            let frame = match item {
+                None => return "client closed the connection".into(),
+                Some(Ok(Item::HeartBeat)) => continue,
+                Some(Ok(Item::Frame(frame))) => frame,
+                Some(Err(CodecError::Io(e))) => return format!("read error: {e}"),
+                Some(Err(e)) => {
+                    warn!(error = %e, "malformed frame");
+                    self.send_error(&e.to_string(), None).await;
+                    return format!("malformed frame: {e}");
+                }
+            };
+            let receipt = frame.header("receipt").cloned();
+            let command = frame.command.clone();
+            if command == Command::Disconnect && !self.connected {
+                // ActiveMQ ignores a DISCONNECT before CONNECT altogether.
+                continue;
+            }
+            match self.handle(frame, framed).await {
+                Ok(()) => {
+                    // CONNECTED and SUBSCRIBE answer their receipts themselves.
+                    let answered = matches!(
+                        command,
+                        Command::Connect | Command::Stomp | Command::Subscribe
+                    );
+                    if let (Some(r), false) = (&receipt, answered) {
+                        self.send_receipt(r).await;
+                    }
+                    if command == Command::Disconnect {
+                        return "DISCONNECT".into();
+                    }
+                }
+                Err(e) => {
+                    debug!(%command, error = %e.message, fatal = e.fatal, "frame refused");
+                    self.send_error(&e.message, receipt.as_ref()).await;
+                    if e.fatal {
+                        return format!("fatal error: {}", e.message);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        frame: Frame,
+        framed: &mut FramedRead<ActivityReader, StompCodec>,
+    ) -> Result<(), ProtocolError> {
+        if !self.connected {
+            return match frame.command {
+                Command::Connect | Command::Stomp => self.on_connect(frame, framed).await,
+                Command::Unknown(name) => Err(ProtocolError::fatal(format!(
+                    "Unknown STOMP action: {name}"
+                ))),
+                _ => Err(ProtocolError::soft("Not connected.")),
+            };
+        }
+        match frame.command {
+            Command::Send => self.on_send(frame).await,
+            Command::Subscribe => self.on_subscribe(frame).await,
+            Command::Unsubscribe => self.on_unsubscribe(frame),
+            Command::Ack => self.on_ack(frame, false),
+            Command::Nack => {
+                if self.version == Version::V1_0 {
+                    return Err(ProtocolError::soft(
+                        "NACK received but connection is in v1.0 mode.",
+                    ));
+                }
+                self.on_ack(frame, true)
+            }
+            Command::Begin => self.on_begin(frame),
+            Command::Commit => self.on_commit(frame).await,
+            Command::Abort => self.on_abort(frame),
+            Command::Disconnect => Ok(()),
+            Command::Connect | Command::Stomp => Err(ProtocolError::soft("Already connected.")),
+            other => Err(ProtocolError::fatal(format!(
+                "Unknown STOMP action: {other}"
+            ))),
+        }
+    }
+
+    async fn on_connect(
+        &mut self,
+        frame: Frame,
+        framed: &mut FramedRead<ActivityReader, StompCodec>,
+    ) -> Result<(), ProtocolError> {
+        let version = match frame.header("accept-version") {
+            None => Version::V1_0,
+            Some(list) => list
+                .split(',')
+                .filter_map(Version::parse)
+                .max()
+                .ok_or_else(|| {
+                    ProtocolError::fatal(format!(
+                        "Invalid Protocol version[{list}], supported versions are: [1.2, 1.1, 1.0]"
+                    ))
+                })?,
+        };
+        // heart-beat: cx = how often the client sends, cy = how often it wants ours.
+        // (1.0 clients get heart-beats too when they ask, as in ActiveMQ.)
+        let (cx, cy) = match frame.header("heart-beat") {
+            None => (0, 0),
+            Some(hb) => parse_heart_beat(hb)
+                .ok_or_else(|| ProtocolError::fatal(format!("Invalid heart-beat header:{hb}")))?,
+        };
+        if let Some(id) = frame.header("client-id") {
+            self.broker
+                .register_client_id(id, self.connection, &format!("tcp://{}", self.peer))
+                .map_err(|e| ProtocolError::fatal(e.to_string()))?;
+            self.client_id = Some(id.to_string());
+            tracing::Span::current().record("client_id", id.as_str());
+        }
+        self.version = version;
+        framed.decoder_mut().set_version(version);
+        self.connected = true;
+        if cx > 0 {
+            self.read_timeout = Some(Duration::from_millis(
+                (cx as f64 * self.settings.heartbeat_grace).ceil() as u64,
+            ));
+        }
+        let session = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| self.connection_name.clone());
+        let mut reply = Frame::new(Command::Connected)
+            .with_header("server", SERVER)
+            .with_header("heart-beat", format!("{cy},{cx}"))
+            .with_header("session", session)
+            .with_header("version", version.as_str());
+        if let Some(r) = frame
+            .header("request-id")
+            .or_else(|| frame.header("receipt"))
+        {
+            reply = reply
+                .with_header("response-id", r.clone())
+                .with_header("receipt-id", r.clone());
+        }
+        self.send_frame(&reply).await;
+        if cy > 0 {
+            let _ = self
+                .control
+                .send(Ctl::HeartBeat(Duration::from_millis(cy)))
+                .await;
+        }
+        debug!(version = version.as_str(), cx, cy, "STOMP connected");
+        Ok(())
+    }
+
+    fn target(&mut self, name: &ByteStr) -> Result<(Destination, Target), ProtocolError> {
+        if let Some((d, t)) = self.targets.get(name) {
+            let live = match t {
+                Target::Queue(q) => !q.is_deleted(),
+                Target::Topic(_) => true,
+            };
+            if live {
+                return Ok((d.clone(), t.clone()));
+            }
+        }
+        let destination = parse_destination(name)?;
+        let target = self.broker.target(&destination);
+        if self.targets.len() >= 1024 {
+            self.targets.clear();
+        }
+        self.targets
+            .insert(name.clone(), (destination.clone(), target.clone()));
+        Ok((destination, target))
+    }
+
+    async fn on_send(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let dest_name = frame
+            .header("destination")
+            .cloned()
+            .ok_or_else(|| ProtocolError::soft("SEND received without a Destination specified!"))?;
+        let (destination, target) = self.target(&dest_name)?;
+        let tx = frame.header("transaction").cloned();
+        if let Some(tx) = &tx {
+            if !self.txs.contains_key(tx) {
+                return Err(ProtocolError::soft(format!("Invalid transaction id: {tx}")));
+            }
+        }
+        self.next_message += 1;
+        let id = MessageId {
+            producer: self.producer.clone(),
+            seq: self.next_message,
+        };
+        let message = Arc::new(mapping::message_from_send(
+            frame,
+            destination,
+            id,
+            self.connection,
+        )?);
+        if let Some(tx) = tx {
+            let limit = self.settings.max_transaction_bytes;
+            let t = self.txs.get_mut(&tx).expect("checked above");
+            t.bytes += message.memory_size();
+            if t.bytes > limit {
+                return Err(ProtocolError::soft(format!(
+                    "Transaction {tx} is over its size limit of {limit} bytes"
+                )));
+            }
+            t.ops.push(TxOp::Send(target, message));
+            return Ok(());
+        }
+        let full = target.send(message);
+        for queue in full {
+            // Producer flow control: stop reading this client until the
+            // destination has room again.
+            queue.wait_for_space().await;
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let dest_name = frame
+            .header("destination")
+            .filter(|d| !d.trim().is_empty())
+            .cloned()
+            .ok_or_else(|| ProtocolError::soft("Invalid empty or 'null' Destination header"))?;
+        let stomp_id = match frame.header("id") {
+            Some(id) => id.clone(),
+            None if self.version == Version::V1_0 => dest_name.clone(),
+            None => {
+                return Err(ProtocolError::soft(
+                    "SUBSCRIBE received without a subscription id!",
+                ))
+            }
+        };
+        if self.subs.contains_key(&stomp_id) {
+            return Err(ProtocolError::soft(format!(
+                "A subscription with id '{stomp_id}' already exists on this connection"
+            )));
+        }
+        if self.subs.len() >= self.settings.max_subscriptions {
+            return Err(ProtocolError::soft(format!(
+                "Too many subscriptions on this connection (limit {})",
+                self.settings.max_subscriptions
+            )));
+        }
+        // Anything but client / client-individual means auto, as in ActiveMQ.
+        let ack_mode =
+            AckMode::parse(frame.header("ack").map(|v| v.as_str())).unwrap_or(AckMode::Auto);
+        if frame
+            .header("selector")
+            .is_some_and(|s| !s.trim().is_empty())
+        {
+            return Err(ProtocolError::soft(
+                "Message selectors are not supported by this broker version",
+            ));
+        }
+        let destination = parse_destination(&dest_name)?;
+        let durable_name = frame
+            .header("activemq.subscriptionName")
+            .or_else(|| frame.header("durable-subscription-name"));
+        if durable_name.is_some() && destination.is_queue() {
+            return Err(ProtocolError::soft(
+                "Invalid Subscription: cannot durably subscribe to a Queue destination!",
+            ));
+        }
+        let durable = match durable_name {
+            Some(name) => {
+                let client_id = self.client_id.as_deref().ok_or_else(|| {
+                    ProtocolError::soft("Durable subscriptions need a client-id header on CONNECT")
+                })?;
+                Some((client_id, name.as_str()))
+            }
+            None => None,
+        };
+        let prefetch = match frame.header("activemq.prefetchSize") {
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| ProtocolError::soft(format!("Invalid activemq.prefetchSize: {v}")))?,
+            None if destination.is_queue() => self.settings.queue_prefetch,
+            None if durable.is_some() => self.settings.durable_topic_prefetch,
+            None => self.settings.topic_prefetch,
+        };
+        let no_local = frame
+            .header("activemq.noLocal")
+            .is_some_and(|v| v.trim() == "true");
+
+        let consumer_id = self.broker.next_id();
+        let ctx = Arc::new(SubCtx {
+            stomp_id: stomp_id.clone(),
+            ack_mode,
+            version: self.version,
+            queue: OnceLock::new(),
+            consumer_id,
+            write: Mutex::new(WriteState::default()),
+        });
+        // The consumer starts paused (prefetch 0) so that the RECEIPT goes
+        // out before the first MESSAGE, as ActiveMQ guarantees.
+        let spec = ConsumerSpec {
+            id: consumer_id,
+            connection: self.connection,
+            prefetch: 0,
+            no_local,
+            sink: Arc::new(Sink {
+                outbox: self.outbox.clone(),
+                ctx: ctx.clone(),
+            }),
+        };
+        let sub = self
+            .broker
+            .subscribe(&destination, spec, durable)
+            .map_err(|e| ProtocolError::soft(e.to_string()))?;
+        let queue = sub.queue.clone();
+        let _ = ctx.queue.set(queue.clone());
+        self.subs.insert(
+            stomp_id,
+            SubEntry {
+                ctx,
+                sub,
+                destination: dest_name,
+            },
+        );
+        if let Some(r) = frame.header("receipt") {
+            self.send_receipt(r).await;
+        }
+        queue.set_prefetch(consumer_id, prefetch.max(1));
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let stomp_id =
+            match (frame.header("id"), frame.header("destination")) {
+                (Some(id), _) => id.clone(),
+                (None, Some(dest)) if self.version == Version::V1_0 => self
+                    .subs
+                    .iter()
+                    .find(|(_, e)| e.destination == *dest)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| dest.clone()),
+                (None, None) if self.version == Version::V1_0 => return Err(ProtocolError::soft(
+                    "Must specify the subscriptionId or the destination you are unsubscribing from",
+                )),
+                _ => {
+                    return Err(ProtocolError::soft(
+                        "UNSUBSCRIBE received without a subscription id!",
+                    ))
+                }
+            };
+        if let Some(name) = frame
+            .header("activemq.subscriptionName")
+            .or_else(|| frame.header("durable-subscription-name"))
+        {
+            let client_id = self.client_id.clone().ok_or_else(|| {
+                ProtocolError::soft("Durable subscriptions need a client-id header on CONNECT")
+            })?;
+            return match self.broker.remove_durable(&client_id, name) {
+                Ok(()) => Ok(()),
+                Err(e @ BrokerError::DurableInUse) => Err(ProtocolError::soft(e.to_string())),
+                Err(e) => Err(ProtocolError::soft(e.to_string())),
+            };
+        }
+        let entry = self
+            .subs
+            .remove(&stomp_id)
+            .ok_or_else(|| ProtocolError::soft("No subscription matched."))?;
+        self.end_subscription(entry);
+        Ok(())
+    }
+
+    /// Stops deliveries to a subscription and gives back what it held.
+    fn end_subscription(&mut self, entry: SubEntry) {
+        let delivered_upto = {
+            let mut w = entry.ctx.write_state();
+            w.closed = true;
+            w.last_written
+        };
+        self.broker.unsubscribe(
+            &entry.sub,
+            delivered_upto,
+            entry.ctx.ack_mode == AckMode::Auto,
+        );
+    }
+
+    /// ACK or NACK, addressed as the negotiated version wants.
+    fn on_ack(&mut self, frame: Frame, nack: bool) -> Result<(), ProtocolError> {
+        let what = if nack { "NACK" } else { "ACK" };
+        let unexpected = |id: &str| {
+            ProtocolError::soft(format!("Unexpected {what} received for message-id [{id}]"))
+        };
+        let (entry, seq) = if self.version == Version::V1_2 {
+            let id = frame.header("id").ok_or_else(|| {
+                ProtocolError::soft(if nack {
+                    "NACK received without an ack header to acknowledge!"
+                } else {
+                    "ACK received without a ack id for acknowledge!"
+                })
+            })?;
+            let (consumer, seq) = parse_ack_id(id).ok_or_else(|| unexpected(id))?;
+            let entry = self
+                .subs
+                .values()
+                .find(|e| e.ctx.consumer_id == consumer && e.ctx.ack_mode != AckMode::Auto)
+                .ok_or_else(|| unexpected(id))?;
+            (entry, seq)
+        } else {
+            let message_id = frame.header("message-id").ok_or_else(|| {
+                ProtocolError::soft(format!(
+                    "{what} received without a message-id to acknowledge!"
+                ))
+            })?;
+            let subscription = frame.header("subscription");
+            if subscription.is_none() && self.version == Version::V1_1 {
+                return Err(ProtocolError::soft(format!(
+                    "{what} received without a subscription id for acknowledge!"
+                )));
+            }
+            let candidates: Vec<&SubEntry> = match subscription {
+                Some(s) => self.subs.get(s).into_iter().collect(),
+                None => self.subs.values().collect(),
+            };
+            candidates
+                .into_iter()
+                .filter(|e| e.ctx.ack_mode != AckMode::Auto)
+                .find_map(|e| {
+                    e.sub
+                        .queue
+                        .find_in_flight(e.ctx.consumer_id, |m| m.id.matches(message_id))
+                        .map(|seq| (e, seq))
+                })
+                .ok_or_else(|| unexpected(message_id))?
+        };
+        // `client` acks are cumulative; a NACK always names one message.
+        let cumulative = entry.ctx.ack_mode == AckMode::Client && !nack;
+        let queue = entry.sub.queue.clone();
+        let consumer = entry.ctx.consumer_id;
+        let failed = |e| ProtocolError::soft(format!("{what} failed: {e}"));
+        match frame.header("transaction").cloned() {
+            Some(tx) => {
+                let t = self
+                    .txs
+                    .get_mut(&tx)
+                    .ok_or_else(|| ProtocolError::soft(format!("Invalid transaction id: {tx}")))?;
+                if nack {
+                    return Err(ProtocolError::soft("Poison ack cannot be transacted"));
+                }
+                let seqs = queue
+                    .ack(consumer, seq, cumulative, AckAction::Hold)
+                    .map_err(failed)?;
+                t.ops.push(TxOp::Ack {
+                    queue,
+                    consumer,
+                    seqs,
+                });
+            }
+            None => {
+                let action = if nack {
+                    AckAction::Poison
+                } else {
+                    AckAction::Consume
+                };
+                queue
+                    .ack(consumer, seq, cumulative, action)
+                    .map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tx_id(frame: &Frame, command: &str) -> Result<ByteStr, ProtocolError> {
+        frame.header("transaction").cloned().ok_or_else(|| {
+            ProtocolError::soft(format!("Must specify the transaction you are {command}"))
+        })
+    }
+
+    fn on_begin(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let tx = Self::tx_id(&frame, "beginning")?;
+        if self.txs.contains_key(&tx) {
+            return Err(ProtocolError::soft(format!(
+                "The transaction was already started: {tx}"
+            )));
+        }
+        if self.txs.len() >= 1024 {
+            return Err(ProtocolError::soft(
+                "Too many open transactions on this connection",
+            ));
+        }
+        self.txs.insert(tx, Transaction::default());
+        Ok(())
+    }
+
+    async fn on_commit(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let tx = Self::tx_id(&frame, "committing")?;
+        let t = self
+            .txs
+            .remove(&tx)
+            .ok_or_else(|| ProtocolError::soft(format!("Invalid transaction id: {tx}")))?;
+        let mut full: Vec<Arc<Queue>> = Vec::new();
+        for op in t.ops {
+            match op {
+                TxOp::Send(target, message) => full.extend(target.send(message)),
+                TxOp::Ack {
+                    queue,
+                    consumer,
+                    seqs,
+                } => queue.settle_held(consumer, &seqs, true),
+            }
+        }
+        for queue in full {
+            queue.wait_for_space().await;
+        }
+        Ok(())
+    }
+
+    fn on_abort(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let tx = Self::tx_id(&frame, "aborting")?;
+        let t = self
+            .txs
+            .remove(&tx)
+            .ok_or_else(|| ProtocolError::soft(format!("Invalid transaction id: {tx}")))?;
+        rollback(t);
+        Ok(())
+    }
+
+    async fn send_frame(&self, frame: &Frame) {
+        let mut out = BytesMut::with_capacity(128 + frame.body.len());
+        encode_frame(frame, self.version, &mut out);
+        let _ = self.control.send(Ctl::Frame(out.freeze())).await;
+    }
+
+    async fn send_receipt(&self, receipt: &ByteStr) {
+        let frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt.clone());
+        self.send_frame(&frame).await;
+    }
+
+    async fn send_error(&self, message: &str, receipt: Option<&ByteStr>) {
+        let mut frame = Frame::new(Command::Error)
+            .with_header("content-type", "text/plain")
+            .with_header("message", message);
+        if let Some(r) = receipt {
+            frame = frame.with_header("receipt-id", r.clone());
+        }
+        // Like ActiveMQ: a text body and no content-length.
+        frame.body = Bytes::from(format!("{message}\n"));
+        self.send_frame(&frame).await;
+    }
+
+    /// Ends the connection's business with the core: open transactions roll
+    /// back, subscriptions end (their unacknowledged messages go back), the
+    /// client id is released.
+    async fn close(&mut self) {
+        for (_, t) in self.txs.drain() {
+            rollback(t);
+        }
+        let subs: Vec<SubEntry> = self.subs.drain().map(|(_, e)| e).collect();
+        for entry in subs {
+            self.end_subscription(entry);
+        }
+        self.outbox.close();
+        if let Some(id) = self.client_id.take() {
+            self.broker.release_client_id(&id, self.connection);
+        }
+    }
+}
+
+fn rollback(t: Transaction) {
+    for op in t.ops {
+        if let TxOp::Ack {
+            queue,
+            consumer,
+            seqs,
+        } = op
+        {
+            queue.settle_held(consumer, &seqs, false);
+        }
+    }
+}
+
+fn parse_heart_beat(value: &str) -> Option<(u64, u64)> {
+    let (x, y) = value.split_once(',')?;
+    Some((x.trim().parse().ok()?, y.trim().parse().ok()?))
+}
+
+/// The writer task: the only one that writes to the socket.
+async fn writer(
+    mut sock: OwnedWriteHalf,
+    mut control: mpsc::Receiver<Ctl>,
+    outbox: Arc<Outbox<Out>>,
+    token: CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
+    let mut written: Vec<(Arc<SubCtx>, u64)> = Vec::new();
+    let mut scratch = String::new();
+    let mut heart_beat: Option<tokio::time::Interval> = None;
+    let mut hb_period = Duration::ZERO;
+    let mut last_write = Instant::now();
+    let mut control_open = true;
+    loop {
+        if outbox.is_empty() {
+            tokio::select! {
+                biased;
+                ctl = control.recv(), if control_open => match ctl {
+                    Some(Ctl::Frame(b)) => buf.extend_from_slice(&b),
+                    Some(Ctl::HeartBeat(d)) => {
+                        let mut i = tokio::time::interval_at(Instant::now() + d, d);
+                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        heart_beat = Some(i);
+                        hb_period = d;
+                    }
+                    None => control_open = false,
+                },
+                _ = outbox.ready() => {}
+                _ = async { heart_beat.as_mut().expect("guarded").tick().await }, if heart_beat.is_some() => {
+                    if last_write.elapsed() >= hb_period.mul_f64(0.9) {
+                        buf.extend_from_slice(b"\n");
+                    }
+                }
+                _ = token.cancelled(), if control_open => {
+                    // The session ended: flush what it queued, then stop.
+                    control.close();
+                }
+            }
+        }
+        if !control_open && buf.is_empty() && outbox.is_empty() {
+            break;
+        }
+        // Take whatever else is ready without waiting.
+        while let Ok(ctl) = control.try_recv() {
+            if let Ctl::Frame(b) = ctl {
+                buf.extend_from_slice(&b);
+            }
+            if buf.len() > 256 * 1024 {
+                break;
+            }
+        }
+        outbox.drain_into(&mut batch, WRITE_BATCH);
+        for (ctx, delivery) in batch.drain(..) {
+            {
+                let mut w = ctx.write_state();
+                if w.closed {
+                    continue;
+                }
+                w.last_written = delivery.seq;
+            }
+            let big = encode_message(
+                &mut buf,
+                &ctx.stomp_id,
+                ctx.ack_mode,
+                ctx.version,
+                &delivery,
+                &mut scratch,
+                INLINE_BODY_LIMIT,
+            );
+            if let Some(body) = big {
+                if write_out(&mut sock, &mut buf).await.is_err()
+                    || sock.write_all(&body).await.is_err()
+                {
+                    token.cancel();
+                    return;
+                }
+                buf.extend_from_slice(b"\0\n");
+            }
+            match written.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &ctx)) {
+                Some((_, seq)) => *seq = delivery.seq,
+                None => written.push((ctx, delivery.seq)),
+            }
+        }
+        if !buf.is_empty() {
+            if write_out(&mut sock, &mut buf).await.is_err() {
+                token.cancel();
+                return;
+            }
+            last_write = Instant::now();
+        }
+        // Auto-acknowledge what reached the socket: it frees prefetch credit.
+        for (ctx, seq) in written.drain(..) {
+            if ctx.ack_mode == AckMode::Auto {
+                if let Some(queue) = ctx.queue() {
+                    let _ = queue.ack(ctx.consumer_id, seq, true, AckAction::Consume);
+                }
+            }
+        }
+    }
+    let _ = sock.shutdown().await;
+}
+
+async fn write_out(sock: &mut OwnedWriteHalf, buf: &mut BytesMut) -> io::Result<()> {
+    let res = sock.write_all(buf).await;
+    buf.clear();
+    res
+}

@@ -1,0 +1,247 @@
+//! Listeners: accept connections, sniff the protocol on the auto port, and
+//! hand each connection to its protocol's session in its own task.
+
+pub mod outbox;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::stomp::session::StompSettings;
+use bytes::BytesMut;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Sniffs each connection: STOMP or OpenWire (ActiveMQ's `auto`).
+    Auto,
+    Stomp,
+}
+
+/// What the first bytes of a connection say it speaks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    Stomp,
+    OpenWire,
+    Unknown,
+    /// Not enough bytes yet.
+    NeedMore,
+}
+
+/// Decides the protocol from the first bytes. STOMP starts with a command
+/// (`CONNECT`, `STOMP`) or heart-beat EOLs; OpenWire starts with a 4-byte
+/// size prefix (high byte 0 for any sane WireFormatInfo), then type 1 and the
+/// magic `ActiveMQ`.
+pub fn sniff(bytes: &[u8]) -> Sniffed {
+    match bytes.first() {
+        None => Sniffed::NeedMore,
+        Some(b'\n' | b'\r') | Some(b'A'..=b'Z') => Sniffed::Stomp,
+        Some(0) => {
+            if bytes.len() < 13 {
+                // Size prefix + type 1 + "ActiveMQ".
+                let magic = b"\x01ActiveMQ";
+                let seen = &bytes[4.min(bytes.len())..];
+                if magic.starts_with(seen) {
+                    return Sniffed::NeedMore;
+                }
+                return Sniffed::Unknown;
+            }
+            if &bytes[4..13] == b"\x01ActiveMQ" {
+                Sniffed::OpenWire
+            } else {
+                Sniffed::Unknown
+            }
+        }
+        Some(_) => Sniffed::Unknown,
+    }
+}
+
+pub struct Server {
+    broker: Arc<Broker>,
+    listeners: Vec<(ListenerKind, TcpListener)>,
+    stomp: Arc<StompSettings>,
+    max_connections: usize,
+}
+
+impl Server {
+    /// Binds every configured listener (address port 0 picks a free port).
+    pub async fn bind(config: &Config) -> io::Result<Server> {
+        let broker = Broker::new(config.core_config());
+        let mut listeners = Vec::new();
+        for (key, kind) in [
+            ("listeners.auto", ListenerKind::Auto),
+            ("listeners.stomp", ListenerKind::Stomp),
+        ] {
+            if let Some(addr) = config.listener(key) {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr} ({key}): {e}"))
+                })?;
+                listeners.push((kind, listener));
+            }
+        }
+        Ok(Server {
+            broker,
+            listeners,
+            stomp: Arc::new(config.stomp_settings()),
+            max_connections: config.limits.max_connections,
+        })
+    }
+
+    pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, closes
+    /// every connection and waits (bounded) for them to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        for (kind, listener) in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, ?kind, "listening");
+            }
+            tracker.spawn(accept_loop(
+                kind,
+                listener,
+                self.broker.clone(),
+                self.stomp.clone(),
+                permits.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+        }
+        shutdown.cancelled().await;
+        info!("shutting down: closing connections");
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close within 10 s");
+        }
+    }
+}
+
+async fn accept_loop(
+    kind: ListenerKind,
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    stomp: Arc<StompSettings>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!(%peer, "connection refused: the maximum number of connections is reached");
+            continue;
+        };
+        let span = info_span!("conn", %peer, protocol = tracing::field::Empty, client_id = tracing::field::Empty);
+        let broker = broker.clone();
+        let stomp = stomp.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(
+            async move {
+                serve_connection(kind, stream, broker, stomp, shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_connection(
+    kind: ListenerKind,
+    mut stream: TcpStream,
+    broker: Arc<Broker>,
+    stomp: Arc<StompSettings>,
+    shutdown: CancellationToken,
+) {
+    let mut prefix = BytesMut::with_capacity(4096);
+    if kind == ListenerKind::Auto {
+        let deadline = tokio::time::Instant::now() + stomp.connect_timeout;
+        loop {
+            match sniff(&prefix) {
+                Sniffed::NeedMore => {}
+                Sniffed::Stomp => break,
+                Sniffed::OpenWire => {
+                    tracing::Span::current().record("protocol", "openwire");
+                    warn!("OpenWire client connected, but this broker version does not speak OpenWire yet; closing");
+                    return;
+                }
+                Sniffed::Unknown => {
+                    warn!(first_bytes = ?&prefix[..prefix.len().min(16)], "unknown protocol; closing");
+                    return;
+                }
+            }
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    info!("no protocol data in time; closing");
+                    return;
+                }
+                read = stream.read_buf(&mut prefix) => read,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+    tracing::Span::current().record("protocol", "stomp");
+    crate::stomp::session::serve(stream, prefix, broker, stomp, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_protocols() {
+        assert_eq!(sniff(b""), Sniffed::NeedMore);
+        assert_eq!(sniff(b"CONNECT\n"), Sniffed::Stomp);
+        assert_eq!(sniff(b"\nSTOMP"), Sniffed::Stomp);
+        assert_eq!(sniff(b"\x00\x00\x01\x64\x01Activ"), Sniffed::NeedMore);
+        assert_eq!(
+            sniff(b"\x00\x00\x01\x64\x01ActiveMQ\x00"),
+            Sniffed::OpenWire
+        );
+        assert_eq!(sniff(b"\x00\x00\x01\x64\x07"), Sniffed::Unknown);
+        assert_eq!(sniff(b"GET / HTTP/1.1"), Sniffed::Stomp);
+        assert_eq!(sniff(b"\x16\x03\x01"), Sniffed::Unknown);
+        let fixture = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/protocol-fixtures/openwire/connect-close.c2s.bin"
+        ))
+        .unwrap();
+        assert_eq!(sniff(&fixture), Sniffed::OpenWire);
+    }
+}
