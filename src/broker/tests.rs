@@ -1,1 +1,109 @@
+use super::*;
+use crate::broker::message::{BodyKind, MessageId};
+use crate::broker::subscription::{Delivery, DeliverySink};
+use bytes::Bytes;
 
+#[derive(Default)]
+struct Collect(Mutex<Vec<Delivery>>);
+
+impl DeliverySink for Collect {
+    fn deliver(&self, d: Delivery) -> bool {
+        self.0.lock().unwrap().push(d);
+        true
+    }
+}
+
+impl Collect {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn spec(broker: &Broker, connection: u64, no_local: bool) -> (ConsumerSpec, Arc<Collect>) {
+    let sink = Arc::new(Collect::default());
+    (
+        ConsumerSpec {
+            id: broker.next_id(),
+            connection,
+            prefetch: 100,
+            no_local,
+            sink: sink.clone(),
+        },
+        sink,
+    )
+}
+
+fn topic_msg(seq: u64, connection: u64) -> Arc<Message> {
+    let mut m = Message::new(
+        MessageId {
+            producer: Arc::from("ID:t-1:1:1:1"),
+            seq,
+        },
+        Destination::topic("t"),
+        BodyKind::Text,
+        Bytes::from_static(b"hi"),
+    );
+    m.producer_connection = connection;
+    Arc::new(m)
+}
+
+#[test]
+fn topic_fans_out_to_every_subscriber_sharing_the_body() {
+    let broker = Broker::new(CoreConfig::default());
+    let t = Destination::topic("t");
+    let (s1, c1) = spec(&broker, 1, false);
+    let (s2, c2) = spec(&broker, 2, true);
+    let sub1 = broker.subscribe(&t, s1, None).unwrap();
+    let _sub2 = broker.subscribe(&t, s2, None).unwrap();
+    let target = broker.target(&t);
+    target.send(topic_msg(1, 2)); // from connection 2: its noLocal sub skips it
+    target.send(topic_msg(2, 3));
+    assert_eq!(c1.count(), 2);
+    assert_eq!(c2.count(), 1);
+    let a = c1.0.lock().unwrap()[1].message.body.as_ptr();
+    let b = c2.0.lock().unwrap()[0].message.body.as_ptr();
+    assert_eq!(a, b, "the body is shared, not copied");
+    broker.unsubscribe(&sub1, 0, false);
+    target.send(topic_msg(3, 3));
+    assert_eq!(c1.count(), 2, "no delivery after unsubscribe");
+    assert_eq!(broker.topic("t").subscription_count(), 1);
+}
+
+#[test]
+fn durable_subscription_keeps_messages_while_offline() {
+    let broker = Broker::new(CoreConfig::default());
+    let t = Destination::topic("t");
+    let (s1, c1) = spec(&broker, 1, false);
+    let sub = broker.subscribe(&t, s1, Some(("client", "sub"))).unwrap();
+    let (s2, _) = spec(&broker, 2, false);
+    assert_eq!(
+        broker.subscribe(&t, s2, Some(("client", "sub"))).err(),
+        Some(BrokerError::DurableInUse)
+    );
+    assert_eq!(broker.remove_durable("client", "sub"), Err(BrokerError::DurableInUse));
+    broker.unsubscribe(&sub, 0, false);
+    assert_eq!(c1.count(), 0);
+    broker.target(&t).send(topic_msg(1, 5));
+    broker.target(&t).send(topic_msg(2, 5));
+    let (s3, c3) = spec(&broker, 3, false);
+    let sub = broker.subscribe(&t, s3, Some(("client", "sub"))).unwrap();
+    assert_eq!(c3.count(), 2);
+    broker.unsubscribe(&sub, 2, false);
+    broker.remove_durable("client", "sub").unwrap();
+    assert!(matches!(
+        broker.remove_durable("client", "sub"),
+        Err(BrokerError::NoSuchDurable { .. })
+    ));
+}
+
+#[test]
+fn client_ids_are_exclusive() {
+    let broker = Broker::new(CoreConfig::default());
+    broker.register_client_id("c", 1, "tcp://a").unwrap();
+    let err = broker.register_client_id("c", 2, "tcp://b").unwrap_err();
+    assert!(err.to_string().contains("already connected from tcp://a"));
+    broker.release_client_id("c", 2); // not the owner: no effect
+    assert!(broker.register_client_id("c", 3, "tcp://b").is_err());
+    broker.release_client_id("c", 1);
+    broker.register_client_id("c", 3, "tcp://b").unwrap();
+}

@@ -368,15 +368,10 @@ fn content_length(
     let Some((_, value)) = headers.iter().find(|(k, _)| k.as_str() == "content-length") else {
         return Ok(None);
     };
-    let len: i64 = value.trim().parse().map_err(|_| {
-        CodecError::Malformed(format!(
-            "Specified content-length is not a valid integer: {value}"
-        ))
-    })?;
+    let invalid = || CodecError::Malformed("Specified content-length is not a valid integer".into());
+    let len: i64 = value.trim().parse().map_err(|_| invalid())?;
     if len < 0 {
-        return Err(CodecError::Malformed(format!(
-            "Specified content-length is not a valid integer: {value}"
-        )));
+        return Err(invalid());
     }
     let len = len as usize;
     if len > limits.max_frame_size {

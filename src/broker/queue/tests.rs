@@ -1,1 +1,257 @@
+use super::*;
+use crate::broker::destination::Destination;
+use crate::broker::message::{BodyKind, MessageId};
+use crate::broker::subscription::DeliverySink;
+use crate::broker::CoreConfig;
+use bytes::Bytes;
 
+#[derive(Default)]
+struct Collect {
+    got: Mutex<Vec<Delivery>>,
+    gone: AtomicBool,
+}
+
+impl DeliverySink for Collect {
+    fn deliver(&self, d: Delivery) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.got.lock().unwrap().push(d);
+        true
+    }
+}
+
+impl Collect {
+    fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+    fn bodies(&self) -> Vec<String> {
+        self.take()
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+            .collect()
+    }
+}
+
+fn msg(seq: u64, body: &str, persistent: bool) -> Arc<Message> {
+    let mut m = Message::new(
+        MessageId {
+            producer: Arc::from("ID:test-1:1:1:1"),
+            seq,
+        },
+        Destination::queue("q"),
+        BodyKind::Text,
+        Bytes::copy_from_slice(body.as_bytes()),
+    );
+    m.persistent = persistent;
+    Arc::new(m)
+}
+
+fn consumer(id: u64, prefetch: u32) -> (ConsumerSpec, Arc<Collect>) {
+    let sink = Arc::new(Collect::default());
+    (
+        ConsumerSpec {
+            id,
+            connection: 1,
+            prefetch,
+            no_local: false,
+            sink: sink.clone(),
+        },
+        sink,
+    )
+}
+
+fn setup() -> (Arc<Broker>, Arc<Queue>) {
+    let broker = Broker::new(CoreConfig::default());
+    let q = broker.queue("q");
+    (broker, q)
+}
+
+#[test]
+fn round_robin_within_prefetch_and_fifo() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 2);
+    let (b, sb) = consumer(2, 2);
+    q.add_consumer(a);
+    q.add_consumer(b);
+    for i in 0..6 {
+        q.send(msg(i, &format!("m{i}"), false));
+    }
+    assert_eq!(sa.bodies(), ["m0", "m2"]);
+    assert_eq!(sb.bodies(), ["m1", "m3"]);
+    assert_eq!(q.pending_count(), 2);
+    // Acking returns credit: the rest flows in order.
+    q.ack(1, 2, true, AckAction::Consume).unwrap();
+    assert_eq!(sa.bodies(), ["m4", "m5"]);
+    assert_eq!(q.pending_count(), 0);
+    assert_eq!(q.in_flight_count(), 4);
+}
+
+#[test]
+fn closed_consumer_returns_messages_in_order_flagging_delivered_ones() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 10);
+    q.add_consumer(a);
+    for i in 0..4 {
+        q.send(msg(i, &format!("m{i}"), false));
+    }
+    assert_eq!(sa.take().len(), 4);
+    q.ack(1, 1, false, AckAction::Consume).unwrap();
+    // Deliveries 2 and 3 reached the client, 4 did not.
+    assert!(q.remove_consumer(1, 3, false));
+    let (b, sb) = consumer(2, 10);
+    q.add_consumer(b);
+    let got = sb.take();
+    let view: Vec<(String, bool)> = got
+        .iter()
+        .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.redelivered()))
+        .collect();
+    assert_eq!(
+        view,
+        [("m1".into(), true), ("m2".into(), true), ("m3".into(), false)]
+    );
+}
+
+#[test]
+fn auto_ack_consumer_close_consumes_what_was_delivered() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 10);
+    q.add_consumer(a);
+    for i in 0..3 {
+        q.send(msg(i, &format!("m{i}"), false));
+    }
+    assert_eq!(sa.take().len(), 3);
+    q.remove_consumer(1, 2, true);
+    assert_eq!(q.pending_count(), 1);
+    assert_eq!(q.browse()[0].body, Bytes::from_static(b"m2"));
+}
+
+#[test]
+fn individual_and_cumulative_acks() {
+    let (_b, q) = setup();
+    let (a, _sa) = consumer(1, 10);
+    q.add_consumer(a);
+    for i in 0..5 {
+        q.send(msg(i, "x", false));
+    }
+    assert_eq!(q.ack(1, 3, false, AckAction::Consume).unwrap(), vec![3]);
+    assert_eq!(q.ack(1, 4, true, AckAction::Consume).unwrap(), vec![1, 2, 4]);
+    assert_eq!(q.ack(1, 4, true, AckAction::Consume), Err(AckError::NotInFlight));
+    assert_eq!(q.ack(9, 5, true, AckAction::Consume), Err(AckError::UnknownConsumer));
+    assert_eq!(q.in_flight_count(), 1);
+    assert_eq!(q.stats.dequeued.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn poison_moves_persistent_messages_to_the_dlq_and_drops_others() {
+    let (broker, q) = setup();
+    let (a, _sa) = consumer(1, 10);
+    q.add_consumer(a);
+    q.send(msg(1, "persistent", true));
+    q.send(msg(2, "transient", false));
+    q.ack(1, 1, false, AckAction::Poison).unwrap();
+    q.ack(1, 2, false, AckAction::Poison).unwrap();
+    let dlq = broker.find_queue("ActiveMQ.DLQ").unwrap();
+    let dead = dlq.browse();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, Bytes::from_static(b"persistent"));
+    assert_eq!(dead[0].original_destination, Some(Destination::queue("q")));
+    assert_eq!(dead[0].id, msg(1, "", true).id, "the DLQ copy keeps its message id");
+    assert_eq!(q.in_flight_count() + q.pending_count(), 0);
+}
+
+#[test]
+fn held_acks_commit_or_roll_back() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 2);
+    q.add_consumer(a);
+    for i in 0..4 {
+        q.send(msg(i, &format!("m{i}"), false));
+    }
+    assert_eq!(sa.take().len(), 2);
+    // Held acks give the credit back, so two more are dispatched.
+    let held = q.ack(1, 2, true, AckAction::Hold).unwrap();
+    assert_eq!(held, vec![1, 2]);
+    assert_eq!(sa.take().len(), 2);
+    // Rollback: still unacknowledged by this consumer, acknowledgeable again.
+    q.settle_held(1, &held, false);
+    assert_eq!(q.in_flight_count(), 4);
+    q.ack(1, 1, false, AckAction::Consume).unwrap();
+    // Commit of a held ack consumes it.
+    let held = q.ack(1, 2, false, AckAction::Hold).unwrap();
+    q.settle_held(1, &held, true);
+    assert_eq!(q.in_flight_count(), 2);
+}
+
+#[test]
+fn dead_sink_keeps_the_message() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 10);
+    sa.gone.store(true, Ordering::Relaxed);
+    q.add_consumer(a);
+    q.send(msg(1, "kept", false));
+    assert_eq!(q.pending_count(), 1);
+    let (b, sb) = consumer(2, 10);
+    q.add_consumer(b);
+    assert_eq!(sb.bodies(), ["kept"]);
+}
+
+#[test]
+fn expired_messages_are_not_delivered() {
+    let (broker, q) = setup();
+    let mut m = Message::clone(&msg(1, "old", true));
+    m.expiration = 1;
+    q.send(Arc::new(m));
+    q.send(msg(2, "fresh", false));
+    let (a, sa) = consumer(1, 10);
+    q.add_consumer(a);
+    assert_eq!(sa.bodies(), ["fresh"]);
+    let dead = broker.find_queue("ActiveMQ.DLQ").unwrap().browse();
+    assert_eq!(dead.len(), 1);
+    assert!(matches!(
+        dead[0].property("dlqDeliveryFailureCause"),
+        Some(crate::broker::message::PropValue::String(s)) if s.contains("Expired")
+    ));
+}
+
+#[tokio::test]
+async fn producers_wait_while_the_queue_is_over_its_memory_limit() {
+    let broker = Broker::new(CoreConfig {
+        destination_memory_limit: 2_000,
+        ..CoreConfig::default()
+    });
+    let q = broker.queue("q");
+    let mut over = false;
+    for i in 0..20 {
+        over = q.send(msg(i, &"x".repeat(200), false));
+        if over {
+            break;
+        }
+    }
+    assert!(over, "the limit must be reached");
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.wait_for_space().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "the producer must wait");
+    let (a, sa) = consumer(1, 100);
+    q.add_consumer(a);
+    let n = sa.take().len() as u64;
+    q.ack(1, n, true, AckAction::Consume).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("the producer is released once messages are consumed")
+        .unwrap();
+}
+
+#[test]
+fn paused_consumer_gets_nothing_until_given_credit() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 0);
+    q.add_consumer(a);
+    q.send(msg(1, "m", false));
+    assert!(sa.take().is_empty());
+    q.set_prefetch(1, 5);
+    assert_eq!(sa.bodies(), ["m"]);
+}

@@ -104,7 +104,12 @@ fn every_fixture_stream_decodes_as_listed() {
         if !name.ends_with(".bin") || name.contains(".openwire.") {
             continue;
         }
-        let scenario = name.split('.').next().unwrap();
+        // The listing is the longest `<prefix>.txt` (scenario names hold dots).
+        let scenario = (1..name.len())
+            .rev()
+            .map(|i| &name[..i])
+            .find(|p| dir.join(format!("{p}.txt")).exists())
+            .unwrap_or_else(|| panic!("{name}: no listing file"));
         let listing = std::fs::read_to_string(dir.join(format!("{scenario}.txt"))).unwrap();
         let expected = listed_frames(&listing, &name);
         assert!(!expected.is_empty(), "{name}: no listing");
@@ -115,6 +120,24 @@ fn every_fixture_stream_decodes_as_listed() {
         } else {
             Version::V1_2
         };
+        if name == "error-malformed-frame.c2s.bin" {
+            // The last SEND has content-length:abc: everything before it
+            // decodes, then the codec refuses it as ActiveMQ does.
+            let err = decode_all(&bytes, version).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "Specified content-length is not a valid integer"
+            );
+            let mut codec = StompCodec::new(Limits::default());
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut items = Vec::new();
+            while let Ok(Some(item)) = codec.decode(&mut buf) {
+                items.push(item);
+            }
+            assert_eq!(summarize(&items), expected[..expected.len() - 1], "{name}");
+            checked += 1;
+            continue;
+        }
         let items = decode_all(&bytes, version).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(summarize(&items), expected, "{name}");
         assert_eq!(
