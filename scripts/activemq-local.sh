@@ -41,6 +41,8 @@ cmd="${1:-}"
 OPENWIRE_PORT="${2:-${AMQ_OPENWIRE_PORT:-62616}}"
 STOMP_PORT="${3:-${AMQ_STOMP_PORT:-62613}}"
 BASE_DIR="${4:-${AMQ_BASE_DIR:-/tmp/activemq-local-$STOMP_PORT}}"
+BASE_DIR="$(realpath -m -- "$BASE_DIR")"  # absolute, no trailing slash
+[[ "$OPENWIRE_PORT" =~ ^[0-9]+$ && "$STOMP_PORT" =~ ^[0-9]+$ ]] || { echo "activemq-local: ports must be numbers" >&2; exit 2; }
 AMQ_HOME="${AMQ_HOME:-/usr/share/activemq}"
 JAVA_OPTS="${AMQ_JAVA_OPTS:--Xms256m -Xmx512m -XX:+UseSerialGC}"
 STOMP_SCHEME="${AMQ_STOMP_SCHEME:-stomp}"

@@ -80,7 +80,10 @@ fn durable_subscription_keeps_messages_while_offline() {
         broker.subscribe(&t, s2, Some(("client", "sub"))).err(),
         Some(BrokerError::DurableInUse)
     );
-    assert_eq!(broker.remove_durable("client", "sub"), Err(BrokerError::DurableInUse));
+    assert_eq!(
+        broker.remove_durable("client", "sub"),
+        Err(BrokerError::DurableInUse)
+    );
     broker.unsubscribe(&sub, 0, false);
     assert_eq!(c1.count(), 0);
     broker.target(&t).send(topic_msg(1, 5));

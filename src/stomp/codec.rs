@@ -170,19 +170,21 @@ impl StompCodec {
                             }
                             len
                         }
-                        None => match memchr::memchr(0, &buf[*scanned..]) {
-                            Some(i) => *scanned + i,
-                            None => {
-                                *scanned = buf.len();
-                                if buf.len() > self.limits.max_frame_size {
-                                    return Err(CodecError::TooLarge(format!(
-                                        "The maximum data length was exceeded: frame is larger than {} bytes",
-                                        self.limits.max_frame_size
-                                    )));
-                                }
+                        None => {
+                            let found = memchr::memchr(0, &buf[*scanned..]);
+                            let seen = found.map_or(buf.len(), |i| *scanned + i);
+                            if seen > self.limits.max_frame_size {
+                                return Err(CodecError::TooLarge(format!(
+                                    "The maximum data length was exceeded: the body is larger than {} bytes",
+                                    self.limits.max_frame_size
+                                )));
+                            }
+                            *scanned = seen;
+                            if found.is_none() {
                                 return Ok(None);
                             }
-                        },
+                            seen
+                        }
                     };
                     let body = buf.split_to(body_len).freeze();
                     buf.advance(1); // the NUL
@@ -368,7 +370,8 @@ fn content_length(
     let Some((_, value)) = headers.iter().find(|(k, _)| k.as_str() == "content-length") else {
         return Ok(None);
     };
-    let invalid = || CodecError::Malformed("Specified content-length is not a valid integer".into());
+    let invalid =
+        || CodecError::Malformed("Specified content-length is not a valid integer".into());
     let len: i64 = value.trim().parse().map_err(|_| invalid())?;
     if len < 0 {
         return Err(invalid());

@@ -917,9 +917,7 @@ async fn writer(
                 ctl = control.recv(), if control_open => match ctl {
                     Some(Ctl::Frame(b)) => buf.extend_from_slice(&b),
                     Some(Ctl::HeartBeat(d)) => {
-                        let mut i = tokio::time::interval_at(Instant::now() + d, d);
-                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        heart_beat = Some(i);
+                        heart_beat = Some(heart_beat_timer(d));
                         hb_period = d;
                     }
                     None => control_open = false,
@@ -940,12 +938,14 @@ async fn writer(
             break;
         }
         // Take whatever else is ready without waiting.
-        while let Ok(ctl) = control.try_recv() {
-            if let Ctl::Frame(b) = ctl {
-                buf.extend_from_slice(&b);
-            }
-            if buf.len() > 256 * 1024 {
-                break;
+        while buf.len() < 256 * 1024 {
+            match control.try_recv() {
+                Ok(Ctl::Frame(b)) => buf.extend_from_slice(&b),
+                Ok(Ctl::HeartBeat(d)) => {
+                    heart_beat = Some(heart_beat_timer(d));
+                    hb_period = d;
+                }
+                Err(_) => break,
             }
         }
         outbox.drain_into(&mut batch, WRITE_BATCH);
@@ -997,6 +997,12 @@ async fn writer(
         }
     }
     let _ = sock.shutdown().await;
+}
+
+fn heart_beat_timer(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 async fn write_out(sock: &mut OwnedWriteHalf, buf: &mut BytesMut) -> io::Result<()> {

@@ -104,11 +104,20 @@ fn closed_consumer_returns_messages_in_order_flagging_delivered_ones() {
     let got = sb.take();
     let view: Vec<(String, bool)> = got
         .iter()
-        .map(|d| (String::from_utf8_lossy(&d.message.body).into_owned(), d.redelivered()))
+        .map(|d| {
+            (
+                String::from_utf8_lossy(&d.message.body).into_owned(),
+                d.redelivered(),
+            )
+        })
         .collect();
     assert_eq!(
         view,
-        [("m1".into(), true), ("m2".into(), true), ("m3".into(), false)]
+        [
+            ("m1".into(), true),
+            ("m2".into(), true),
+            ("m3".into(), false)
+        ]
     );
 }
 
@@ -135,9 +144,18 @@ fn individual_and_cumulative_acks() {
         q.send(msg(i, "x", false));
     }
     assert_eq!(q.ack(1, 3, false, AckAction::Consume).unwrap(), vec![3]);
-    assert_eq!(q.ack(1, 4, true, AckAction::Consume).unwrap(), vec![1, 2, 4]);
-    assert_eq!(q.ack(1, 4, true, AckAction::Consume), Err(AckError::NotInFlight));
-    assert_eq!(q.ack(9, 5, true, AckAction::Consume), Err(AckError::UnknownConsumer));
+    assert_eq!(
+        q.ack(1, 4, true, AckAction::Consume).unwrap(),
+        vec![1, 2, 4]
+    );
+    assert_eq!(
+        q.ack(1, 4, true, AckAction::Consume),
+        Err(AckError::NotInFlight)
+    );
+    assert_eq!(
+        q.ack(9, 5, true, AckAction::Consume),
+        Err(AckError::UnknownConsumer)
+    );
     assert_eq!(q.in_flight_count(), 1);
     assert_eq!(q.stats.dequeued.load(Ordering::Relaxed), 4);
 }
@@ -156,7 +174,11 @@ fn poison_moves_persistent_messages_to_the_dlq_and_drops_others() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, Bytes::from_static(b"persistent"));
     assert_eq!(dead[0].original_destination, Some(Destination::queue("q")));
-    assert_eq!(dead[0].id, msg(1, "", true).id, "the DLQ copy keeps its message id");
+    assert_eq!(
+        dead[0].id,
+        msg(1, "", true).id,
+        "the DLQ copy keeps its message id"
+    );
     assert_eq!(q.in_flight_count() + q.pending_count(), 0);
 }
 
