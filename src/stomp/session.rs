@@ -748,7 +748,12 @@ impl Session {
         let cumulative = entry.ctx.ack_mode == AckMode::Client && !nack;
         let queue = entry.sub.queue.clone();
         let consumer = entry.ctx.consumer_id;
-        let failed = |e| ProtocolError::soft(format!("{what} failed: {e}"));
+        let ack_text = frame
+            .header("id")
+            .or_else(|| frame.header("message-id"))
+            .cloned()
+            .unwrap_or_default();
+        let failed = |_| unexpected(&ack_text);
         match frame.header("transaction").cloned() {
             Some(tx) => {
                 let t = self

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust unit and integration tests, then the
+# interoperability suites (stomp.py, stompit) against the release broker.
+# Installs what the tests need when it is missing, and fails loudly when it
+# cannot: no test is skipped silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '\n== %s ==\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
+    if [ -z "${APT_UPDATED:-}" ]; then
+        apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+log "dependencies"
+command -v cargo >/dev/null || die "cargo is required (the Rust toolchain)"
+command -v python3 >/dev/null || apt_install python3 python3-pip
+python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+if ! python3 -c 'import stomp, pytest' >/dev/null 2>&1; then
+    python3 -m pip install -q -r tests/interop/python/requirements.txt \
+        || python3 -m pip install -q --break-system-packages -r tests/interop/python/requirements.txt \
+        || die "cannot install the Python test clients (stomp-py, pytest)"
+fi
+python3 -c 'import stomp, pytest' || die "stomp.py / pytest still missing"
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+(cd tests/interop/node && npm ci --no-audit --no-fund --silent) || die "npm ci failed in tests/interop/node"
+
+log "cargo test (release)"
+cargo build --release --locked
+cargo test --release --locked 2>&1 | tee /tmp/ferromq-cargo-test.log
+rust_passed=$(grep -Eo 'test result: [a-z]+\. [0-9]+ passed' /tmp/ferromq-cargo-test.log | awk '{s+=$4} END {print s+0}')
+
+log "interoperability suites against the release broker"
+data=$(mktemp -d)
+read -r stomp_port auto_port < <(python3 - <<'PY'
+import socket
+ports = []
+socks = []
+for _ in range(2):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s); ports.append(s.getsockname()[1])
+print(*ports)
+PY
+)
+./target/release/ferromq --config conf/broker.toml --data-dir "$data" \
+    --stomp-addr "127.0.0.1:$stomp_port" --auto-addr "127.0.0.1:$auto_port" \
+    >"$data/broker.log" 2>&1 &
+broker=$!
+cleanup() {
+    kill "$broker" 2>/dev/null || true
+    wait "$broker" 2>/dev/null || true
+    rm -rf "$data"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $stomp_port), 0.2)" 2>/dev/null && break
+    sleep 0.1
+done
+
+failed=0
+STOMP_PORT=$stomp_port timeout 600 python3 -m pytest -q -p no:cacheprovider tests/interop/python \
+    2>&1 | tee "$data/pytest.log" || failed=1
+py_passed=$(grep -Eo '[0-9]+ passed' "$data/pytest.log" | tail -1 | awk '{print $1+0}')
+(cd tests/interop/node && STOMP_PORT=$stomp_port timeout 600 node --test 2>&1) | tee "$data/node.log" || failed=1
+node_passed=$(grep -Eo '^# pass [0-9]+' "$data/node.log" | awk '{print $3+0}')
+# The same suites through the auto-detecting port.
+STOMP_PORT=$auto_port timeout 600 python3 -m pytest -q -p no:cacheprovider tests/interop/python -k "queue or topic" \
+    2>&1 | tee "$data/pytest-auto.log" || failed=1
+auto_passed=$(grep -Eo '[0-9]+ passed' "$data/pytest-auto.log" | tail -1 | awk '{print $1+0}')
+
+log "graceful shutdown"
+kill -TERM "$broker"
+if wait "$broker"; then echo "broker exited 0 on SIGTERM"; else echo "broker exit status $? on SIGTERM"; failed=1; fi
+grep -q "stopped" "$data/broker.log" || { echo "no 'stopped' line in the broker log"; failed=1; }
+if [ "$failed" != 0 ]; then
+    echo "--- broker log (tail) ---"; tail -50 "$data/broker.log"
+fi
+
+total=$((rust_passed + ${py_passed:-0} + ${node_passed:-0} + ${auto_passed:-0}))
+log "summary"
+echo "rust: $rust_passed, stomp.py: ${py_passed:-0}, stompit: ${node_passed:-0}, stomp.py via auto port: ${auto_passed:-0}"
+if [ "$failed" != 0 ]; then
+    echo "$total passed, 1 failed"
+    exit 1
+fi
+echo "$total passed, 0 failed"
