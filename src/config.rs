@@ -22,7 +22,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub broker: BrokerSection,
@@ -124,17 +124,6 @@ impl Default for LimitsSection {
             max_connections: 10_000,
             destination_memory_limit: 64 * 1024 * 1024,
             max_transaction_size: 64 * 1024 * 1024,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            broker: BrokerSection::default(),
-            listeners: Listeners::default(),
-            stomp: StompSection::default(),
-            limits: LimitsSection::default(),
         }
     }
 }

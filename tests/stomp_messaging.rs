@@ -472,21 +472,16 @@ async fn transactions_commit_abort_and_disconnect() {
 #[tokio::test]
 async fn durable_topic_subscription_keeps_messages_while_offline() {
     let b = TestBroker::start().await;
-    let sub = |c: &mut Client| {
-        let f = frame(
-            Command::Subscribe,
-            &[
-                ("id", "dur"),
-                ("destination", "/topic/dt"),
-                ("activemq.subscriptionName", "subname"),
-                ("receipt", "sub"),
-            ],
-        );
-        let c: *mut Client = c;
-        (f, c)
-    };
+    let f = frame(
+        Command::Subscribe,
+        &[
+            ("id", "dur"),
+            ("destination", "/topic/dt"),
+            ("activemq.subscriptionName", "subname"),
+            ("receipt", "sub"),
+        ],
+    );
     let mut c = Client::connect(b.stomp, "1.2", &[("client-id", "durable-client")]).await;
-    let (f, _) = sub(&mut c);
     c.send(&f).await;
     c.expect_receipt("sub").await;
     c.disconnect().await;

@@ -226,7 +226,8 @@ async fn receipts_on_every_frame_and_crlf_frames() {
 async fn per_frame_errors_keep_the_connection() {
     let b = TestBroker::start().await;
     let mut c = b.connect("1.2").await;
-    let cases: Vec<(Vec<(&str, &str)>, Command, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Command, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("receipt", "1")],
             Command::Send,

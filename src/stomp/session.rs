@@ -285,11 +285,23 @@ pub async fn serve(
         outbox,
         read_timeout: None,
     };
-    let reason = session.run(&mut framed, &conn_token).await;
+    // Waits inside a frame's handling (flow control, a full writer) end on
+    // shutdown too.
+    let reason = tokio::select! {
+        reason = session.run(&mut framed, &conn_token) => reason,
+        _ = conn_token.cancelled() => "shutdown".to_string(),
+    };
     debug!(%reason, "connection closing");
-    session.close().await;
+    session.close();
     conn_token.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        // The peer stopped reading: do not keep its writer around.
+        abort.abort();
+    }
     info!(%reason, "STOMP connection closed");
 }
 
@@ -867,7 +879,7 @@ impl Session {
     /// Ends the connection's business with the core: open transactions roll
     /// back, subscriptions end (their unacknowledged messages go back), the
     /// client id is released.
-    async fn close(&mut self) {
+    fn close(&mut self) {
         for (_, t) in self.txs.drain() {
             rollback(t);
         }
