@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod bstr;
 pub mod config;
+pub mod openwire;
 pub mod stomp;
 pub mod transport;
 

@@ -1,0 +1,518 @@
+//! The generic OpenWire marshaller: walks a type's declaration (`schema.rs`)
+//! to decode or encode it, in tight or loose encoding, for any protocol
+//! version, with or without the marshalling cache.
+
+use crate::openwire::schema::{self, Enc};
+use crate::openwire::value::{StackFrame, Struct, Throwable, Value};
+use crate::openwire::wire::{
+    put_loose_string, put_tight_long, put_tight_string, BitReader, BitWriter, Reader, Result,
+    WireError,
+};
+use bytes::{BufMut, Bytes};
+use std::collections::HashMap;
+
+/// A negotiated wire format (or the initial one used for WireFormatInfo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    pub version: u8,
+    pub tight: bool,
+    pub cache: bool,
+    pub cache_size: usize,
+    pub stack_traces: bool,
+    pub size_prefix: bool,
+}
+
+impl Format {
+    /// The format every WireFormatInfo is written in: loose, no cache, prefixed.
+    pub const INITIAL: Format = Format {
+        version: 12,
+        tight: false,
+        cache: false,
+        cache_size: 0,
+        stack_traces: false,
+        size_prefix: true,
+    };
+}
+
+/// The reader's side of the marshalling cache (one per direction).
+#[derive(Debug)]
+pub struct ReadCache {
+    slots: Vec<Value>,
+    /// Slots written by the frame being decoded: applied only if it decodes
+    /// completely (a frame without size prefix may be retried with more bytes).
+    pending: Vec<(usize, Value)>,
+}
+
+impl ReadCache {
+    pub fn new(size: usize) -> Self {
+        ReadCache {
+            slots: vec![Value::Null; size],
+            pending: Vec::new(),
+        }
+    }
+
+    fn slot(&self, index: i16) -> Result<usize> {
+        if index < 0 || index as usize >= self.slots.len() {
+            return Err(WireError::Invalid(format!(
+                "marshalling cache index {index} out of range"
+            )));
+        }
+        Ok(index as usize)
+    }
+
+    fn get(&self, index: i16) -> Result<Value> {
+        let i = self.slot(index)?;
+        if let Some((_, v)) = self.pending.iter().rev().find(|(j, _)| *j == i) {
+            return Ok(v.clone());
+        }
+        Ok(self.slots[i].clone())
+    }
+
+    fn put(&mut self, index: i16, value: Value) -> Result<()> {
+        if index == -1 {
+            return Ok(()); // sent inline, not stored
+        }
+        let i = self.slot(index)?;
+        self.pending.push((i, value));
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        for (i, v) in self.pending.drain(..) {
+            self.slots[i] = v;
+        }
+    }
+
+    fn rollback(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// The writer's side of the marshalling cache, assigning indices as the
+/// Java writer does (a wrapping counter, eviction of the oldest entries when
+/// fewer than 100 slots are free).
+#[derive(Debug)]
+pub struct WriteCache {
+    map: HashMap<Value, i16>,
+    slots: Vec<Option<Value>>,
+    next: usize,
+    next_eviction: usize,
+}
+
+const CACHE_FREE_SPACE: usize = 100;
+
+impl WriteCache {
+    pub fn new(size: usize) -> Self {
+        WriteCache {
+            map: HashMap::new(),
+            slots: vec![None; size],
+            next: 0,
+            next_eviction: 0,
+        }
+    }
+
+    fn sweep(&mut self) {
+        let size = self.slots.len();
+        while size > 0 && self.map.len() > size.saturating_sub(CACHE_FREE_SPACE) {
+            if let Some(old) = self.slots[self.next_eviction].take() {
+                self.map.remove(&old);
+            }
+            self.next_eviction = (self.next_eviction + 1) % size;
+        }
+    }
+
+    fn add(&mut self, value: &Value) -> i16 {
+        let size = self.slots.len();
+        let i = self.next;
+        self.next = (self.next + 1) % size;
+        if self.map.len() < size {
+            if let Some(old) = self.slots[i].replace(value.clone()) {
+                self.map.remove(&old);
+            }
+            self.map.insert(value.clone(), i as i16);
+            i as i16
+        } else {
+            -1
+        }
+    }
+}
+
+/// Decodes one frame (type byte first, no size prefix) in `format`.
+pub fn decode(frame: &Bytes, format: &Format, cache: &mut ReadCache) -> Result<(Struct, usize)> {
+    let mut r = Reader::over(frame);
+    let res = decode_frame(&mut r, format, cache);
+    match res {
+        Ok(s) => {
+            cache.commit();
+            Ok((s, r.position()))
+        }
+        Err(e) => {
+            cache.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn decode_frame(r: &mut Reader, format: &Format, cache: &mut ReadCache) -> Result<Struct> {
+    let type_id = r.u8()?;
+    let fields = schema::fields(type_id).ok_or(WireError::UnknownType(type_id))?;
+    if format.tight {
+        let n = match r.u8()? {
+            0xC0 => r.u8()? as usize,
+            0x80 => {
+                let n = r.i16()?;
+                if n < 0 {
+                    return Err(WireError::Invalid("negative flag block length".into()));
+                }
+                n as usize
+            }
+            n => n as usize,
+        };
+        let block = r.take(n)?;
+        let mut bits = BitReader::new(block);
+        let mut d = Decoder {
+            r,
+            bits: Some(&mut bits),
+            format,
+            cache,
+            depth: 0,
+        };
+        d.fields(type_id, fields)
+    } else {
+        let mut d = Decoder {
+            r,
+            bits: None,
+            format,
+            cache,
+            depth: 0,
+        };
+        d.fields(type_id, fields)
+    }
+}
+
+struct Decoder<'a, 'b, 'c> {
+    r: &'a mut Reader<'b>,
+    bits: Option<&'a mut BitReader<'c>>,
+    format: &'a Format,
+    cache: &'a mut ReadCache,
+    depth: usize,
+}
+
+const MAX_DEPTH: usize = 32;
+
+impl Decoder<'_, '_, '_> {
+    fn flag(&mut self) -> Result<bool> {
+        match &mut self.bits {
+            Some(b) => b.read(),
+            None => self.r.bool(),
+        }
+    }
+
+    fn fields(&mut self, type_id: u8, fields: &'static [schema::Field]) -> Result<Struct> {
+        let mut values = Vec::with_capacity(fields.len());
+        for f in fields {
+            if !f.present_in(self.format.version) {
+                values.push(Value::default_for(f.enc));
+                continue;
+            }
+            values.push(self.field(f.enc)?);
+        }
+        Ok(Struct {
+            type_id,
+            fields: values,
+        })
+    }
+
+    fn field(&mut self, enc: Enc) -> Result<Value> {
+        Ok(match enc {
+            Enc::Bool => Value::Bool(self.flag()?),
+            Enc::Byte => Value::Byte(self.r.i8()?),
+            Enc::Int => Value::Int(self.r.i32()?),
+            Enc::Long => Value::Long(match &mut self.bits {
+                Some(b) => self.r.tight_long(b)?,
+                None => self.r.i64()?,
+            }),
+            Enc::Str => Value::opt_str(self.string()?),
+            Enc::Bytes => {
+                if self.flag()? {
+                    let n = self.r.len32()?;
+                    Value::Bytes(self.r.take_bytes(n)?)
+                } else {
+                    Value::Null
+                }
+            }
+            Enc::Raw8 => Value::Raw8(self.r.take(8)?.try_into().expect("8 bytes")),
+            Enc::Obj => self.nested()?,
+            Enc::CObj => {
+                if !self.format.cache {
+                    return self.nested();
+                }
+                let new = self.flag()?;
+                let index = self.r.i16()?;
+                if new {
+                    let v = self.nested()?;
+                    self.cache.put(index, v.clone())?;
+                    v
+                } else {
+                    self.cache.get(index)?
+                }
+            }
+            Enc::ObjArr => {
+                if self.flag()? {
+                    let n = self.r.i16()?;
+                    if n < 0 {
+                        return Err(WireError::Invalid("negative array length".into()));
+                    }
+                    let mut items = Vec::with_capacity((n as usize).min(64));
+                    for _ in 0..n {
+                        items.push(self.nested()?);
+                    }
+                    Value::Arr(items)
+                } else {
+                    Value::Null
+                }
+            }
+            Enc::Exc => match self.throwable()? {
+                Some(t) => Value::Exc(Box::new(t)),
+                None => Value::Null,
+            },
+        })
+    }
+
+    fn string(&mut self) -> Result<Option<String>> {
+        match &mut self.bits {
+            Some(b) => self.r.tight_string(b),
+            None => self.r.loose_string(),
+        }
+    }
+
+    fn nested(&mut self) -> Result<Value> {
+        if !self.flag()? {
+            return Ok(Value::Null);
+        }
+        let type_id = self.r.u8()?;
+        let fields = schema::fields(type_id).ok_or(WireError::UnknownType(type_id))?;
+        if self.bits.is_some() && schema::is_marshal_aware(type_id) && self.flag()? {
+            return Err(WireError::Invalid(
+                "pre-marshalled nested structures are not supported".into(),
+            ));
+        }
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(WireError::Invalid("structures nested too deeply".into()));
+        }
+        let s = self.fields(type_id, fields)?;
+        self.depth -= 1;
+        Ok(Value::obj(s))
+    }
+
+    fn throwable(&mut self) -> Result<Option<Throwable>> {
+        if !self.flag()? {
+            return Ok(None);
+        }
+        let mut t = Throwable {
+            class: self.string()?,
+            message: self.string()?,
+            ..Throwable::default()
+        };
+        if self.format.stack_traces {
+            let n = self.r.i16()?;
+            for _ in 0..n.max(0) {
+                t.frames.push(StackFrame {
+                    class: self.string()?,
+                    method: self.string()?,
+                    file: self.string()?,
+                    line: self.r.i32()?,
+                });
+            }
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(WireError::Invalid(
+                    "exception causes nested too deeply".into(),
+                ));
+            }
+            t.cause = self.throwable()?.map(Box::new);
+            self.depth -= 1;
+        }
+        Ok(Some(t))
+    }
+}
+
+/// Encodes one frame in `format`, with its size prefix when the format has one.
+pub fn encode(
+    s: &Struct,
+    format: &Format,
+    cache: &mut WriteCache,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    if format.cache {
+        cache.sweep();
+    }
+    let mut data = Vec::with_capacity(128);
+    let mut bits = BitWriter::default();
+    {
+        let mut e = Encoder {
+            data: &mut data,
+            bits: format.tight.then_some(&mut bits),
+            format,
+            cache,
+        };
+        e.fields(s)?;
+    }
+    let mut block = Vec::new();
+    if format.tight {
+        bits.put_block(&mut block);
+    }
+    let size = 1 + block.len() + data.len();
+    if format.size_prefix {
+        out.put_i32(size as i32);
+    }
+    out.reserve(size);
+    out.put_u8(s.type_id);
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&data);
+    Ok(())
+}
+
+struct Encoder<'a> {
+    data: &'a mut Vec<u8>,
+    bits: Option<&'a mut BitWriter>,
+    format: &'a Format,
+    cache: &'a mut WriteCache,
+}
+
+fn mismatch(enc: Enc, v: &Value) -> WireError {
+    WireError::Invalid(format!("value {v:?} does not fit a {enc:?} field"))
+}
+
+impl Encoder<'_> {
+    fn flag(&mut self, b: bool) {
+        match &mut self.bits {
+            Some(bits) => bits.write(b),
+            None => self.data.put_u8(b as u8),
+        }
+    }
+
+    fn fields(&mut self, s: &Struct) -> Result<()> {
+        let fields = schema::fields(s.type_id).ok_or(WireError::UnknownType(s.type_id))?;
+        if fields.len() != s.fields.len() {
+            return Err(WireError::Invalid(format!(
+                "{} has {} fields, not {}",
+                schema::type_name(s.type_id),
+                fields.len(),
+                s.fields.len()
+            )));
+        }
+        for (f, v) in fields.iter().zip(&s.fields) {
+            if f.present_in(self.format.version) {
+                self.field(f.enc, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn field(&mut self, enc: Enc, v: &Value) -> Result<()> {
+        match (enc, v) {
+            (Enc::Bool, Value::Bool(b)) => self.flag(*b),
+            (Enc::Byte, Value::Byte(b)) => self.data.put_i8(*b),
+            (Enc::Int, Value::Int(i)) => self.data.put_i32(*i),
+            (Enc::Long, Value::Long(l)) => match &mut self.bits {
+                Some(bits) => put_tight_long(self.data, bits, *l),
+                None => self.data.put_i64(*l),
+            },
+            (Enc::Str, Value::Str(_) | Value::Null) => {
+                let s = match v {
+                    Value::Str(s) => Some(s.as_str()),
+                    _ => None,
+                };
+                self.string(s)?;
+            }
+            (Enc::Bytes, Value::Null) => self.flag(false),
+            (Enc::Bytes, Value::Bytes(b)) => {
+                self.flag(true);
+                self.data.put_i32(b.len() as i32);
+                self.data.extend_from_slice(b);
+            }
+            (Enc::Raw8, Value::Raw8(b)) => self.data.extend_from_slice(b),
+            (Enc::Obj, _) => self.nested(v)?,
+            (Enc::CObj, _) => {
+                if !self.format.cache {
+                    return self.nested(v);
+                }
+                match self.cache.map.get(v) {
+                    Some(&index) => {
+                        self.flag(false);
+                        self.data.put_i16(index);
+                    }
+                    None => {
+                        // As the Java writer: nested values are cached first,
+                        // so the outer value gets its index after them.
+                        self.flag(true);
+                        let at = self.data.len();
+                        self.data.put_i16(0);
+                        self.nested(v)?;
+                        let index = self.cache.add(v);
+                        self.data[at..at + 2].copy_from_slice(&index.to_be_bytes());
+                    }
+                }
+            }
+            (Enc::ObjArr, Value::Null) => self.flag(false),
+            (Enc::ObjArr, Value::Arr(items)) => {
+                self.flag(true);
+                self.data.put_i16(items.len() as i16);
+                for item in items {
+                    self.nested(item)?;
+                }
+            }
+            (Enc::Exc, Value::Null) => self.flag(false),
+            (Enc::Exc, Value::Exc(t)) => self.throwable(t)?,
+            (enc, v) => return Err(mismatch(enc, v)),
+        }
+        Ok(())
+    }
+
+    fn string(&mut self, s: Option<&str>) -> Result<()> {
+        match &mut self.bits {
+            Some(bits) => put_tight_string(self.data, bits, s),
+            None => put_loose_string(self.data, s),
+        }
+    }
+
+    fn nested(&mut self, v: &Value) -> Result<()> {
+        match v {
+            Value::Null => {
+                self.flag(false);
+                Ok(())
+            }
+            Value::Obj(s) => {
+                self.flag(true);
+                self.data.put_u8(s.type_id);
+                if self.bits.is_some() && schema::is_marshal_aware(s.type_id) {
+                    self.flag(false);
+                }
+                self.fields(s)
+            }
+            other => Err(mismatch(Enc::Obj, other)),
+        }
+    }
+
+    fn throwable(&mut self, t: &Throwable) -> Result<()> {
+        self.flag(true);
+        self.string(t.class.as_deref())?;
+        self.string(t.message.as_deref())?;
+        if self.format.stack_traces {
+            self.data.put_i16(t.frames.len() as i16);
+            for fr in &t.frames {
+                self.string(fr.class.as_deref())?;
+                self.string(fr.method.as_deref())?;
+                self.string(fr.file.as_deref())?;
+                self.data.put_i32(fr.line);
+            }
+            match &t.cause {
+                Some(c) => self.throwable(c)?,
+                None => self.flag(false),
+            }
+        }
+        Ok(())
+    }
+}
