@@ -114,6 +114,34 @@ pub struct Message {
     pub producer_connection: u64,
     /// Set on a copy moved to a dead-letter queue: where it was first sent.
     pub original_destination: Option<Destination>,
+    /// What an advisory message is about (ActiveMQ's advisory topics).
+    pub advisory: Option<Arc<Advisory>>,
+}
+
+/// The subject of an advisory message; protocols render it (OpenWire as the
+/// message's `dataStructure`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advisory {
+    /// A temporary destination was created (`added`) or deleted.
+    TempDestination {
+        added: bool,
+        destination: Destination,
+        connection_id: Arc<str>,
+    },
+    /// A consumer was added to or removed from a destination.
+    Consumer {
+        added: bool,
+        consumer: ConsumerName,
+        destination: Destination,
+    },
+}
+
+/// A consumer's identity as clients know it (ActiveMQ's ConsumerId parts).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConsumerName {
+    pub connection_id: Arc<str>,
+    pub session: i64,
+    pub value: i64,
 }
 
 impl Message {
@@ -134,6 +162,7 @@ impl Message {
             jms_type: None,
             producer_connection: 0,
             original_destination: None,
+            advisory: None,
         }
     }
 

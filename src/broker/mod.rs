@@ -18,7 +18,7 @@ pub mod topic;
 use crate::bstr::ByteStr;
 use dashmap::DashMap;
 use destination::{Destination, DestinationKind};
-use message::{Message, PropValue};
+use message::{Advisory, ConsumerName, Message, PropValue};
 use queue::{DeadCause, Queue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -63,6 +63,14 @@ pub enum BrokerError {
         "No durable subscription exists for clientID: {client_id} and subscriptionName: {name}"
     )]
     NoSuchDurable { client_id: String, name: String },
+    #[error("The destination temp-queue://{0} does not exist.")]
+    NoSuchTempQueue(String),
+    #[error("The destination temp-topic://{0} does not exist.")]
+    NoSuchTempTopic(String),
+    #[error("Destination still has an active subscription: {0}")]
+    TempInUse(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Where a destination's messages go; what sessions cache per destination.
@@ -70,6 +78,8 @@ pub enum BrokerError {
 pub enum Target {
     Queue(Arc<Queue>),
     Topic(Arc<Topic>),
+    /// A composite destination (`a,b,topic://c`): every element.
+    Many(Vec<Target>),
 }
 
 impl Target {
@@ -84,8 +94,52 @@ impl Target {
                 }
             }
             Target::Topic(t) => t.publish(&message),
+            Target::Many(all) => all.iter().flat_map(|t| t.send(message.clone())).collect(),
         }
     }
+
+    /// False once a temporary queue behind it was deleted.
+    pub fn is_live(&self) -> bool {
+        match self {
+            Target::Queue(q) => !q.is_deleted(),
+            Target::Topic(_) => true,
+            Target::Many(all) => all.iter().all(Target::is_live),
+        }
+    }
+}
+
+/// Splits a composite destination name (`a,b,topic://c`) into its elements;
+/// an element without a scheme has the kind of the whole.
+pub fn composite_elements(d: &Destination) -> Vec<Destination> {
+    d.name
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            for (scheme, kind) in [
+                ("queue://", DestinationKind::Queue),
+                ("topic://", DestinationKind::Topic),
+                ("temp-queue://", DestinationKind::TempQueue),
+                ("temp-topic://", DestinationKind::TempTopic),
+            ] {
+                if let Some(rest) = n.strip_prefix(scheme) {
+                    return Destination::new(kind, rest);
+                }
+            }
+            Destination::new(d.kind, n)
+        })
+        .collect()
+}
+
+pub const ADVISORY_PREFIX: &str = "ActiveMQ.Advisory.";
+pub const TEMP_QUEUE_ADVISORY: &str = "ActiveMQ.Advisory.TempQueue";
+pub const TEMP_TOPIC_ADVISORY: &str = "ActiveMQ.Advisory.TempTopic";
+
+/// A temporary destination and the connection that made it.
+struct TempDestination {
+    owner: u64,
+    connection_id: Arc<str>,
+    destination: Destination,
 }
 
 struct DurableSub {
@@ -100,8 +154,13 @@ struct DurableSub {
 #[derive(Clone)]
 enum SubKind {
     Queue,
-    Topic { topic: Arc<Topic>, sub_id: u64 },
-    Durable { key: (Arc<str>, Arc<str>) },
+    Topic {
+        topics: Vec<Arc<Topic>>,
+        sub_id: u64,
+    },
+    Durable {
+        key: (Arc<str>, Arc<str>),
+    },
 }
 
 /// A live subscription: acknowledgements go to `queue` with `consumer_id`.
@@ -109,6 +168,7 @@ enum SubKind {
 pub struct Subscription {
     pub queue: Arc<Queue>,
     pub consumer_id: u64,
+    pub name: ConsumerName,
     kind: SubKind,
 }
 
@@ -124,6 +184,7 @@ pub struct Broker {
     topics: DashMap<Arc<str>, Arc<Topic>>,
     durables: DashMap<(Arc<str>, Arc<str>), Arc<DurableSub>>,
     client_ids: DashMap<Arc<str>, (u64, String)>,
+    temps: DashMap<Destination, TempDestination>,
     ids: AtomicU64,
     /// `ID:<host>-<pid>-<start millis>`: the prefix of every id this broker makes.
     id_prefix: String,
@@ -149,6 +210,7 @@ impl Broker {
             topics: DashMap::new(),
             durables: DashMap::new(),
             client_ids: DashMap::new(),
+            temps: DashMap::new(),
             ids: AtomicU64::new(1),
             id_prefix,
             me: me.clone(),
@@ -204,15 +266,218 @@ impl Broker {
     }
 
     /// Resolves a destination to the handle messages are sent through.
-    pub fn target(&self, destination: &Destination) -> Target {
+    /// Temporary destinations must exist (a deleted one is an error).
+    pub fn resolve(&self, destination: &Destination) -> Result<Target, BrokerError> {
+        if destination.name.contains(',') {
+            let all = composite_elements(destination)
+                .iter()
+                .map(|d| self.resolve(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Target::Many(all));
+        }
         match destination.kind {
-            DestinationKind::Queue | DestinationKind::TempQueue => {
-                Target::Queue(self.queue(&destination.name))
+            DestinationKind::Queue => Ok(Target::Queue(self.queue(&destination.name))),
+            DestinationKind::Topic => Ok(Target::Topic(self.topic(&destination.name))),
+            DestinationKind::TempQueue => {
+                if !self.temps.contains_key(destination) {
+                    return Err(BrokerError::NoSuchTempQueue(destination.name.to_string()));
+                }
+                Ok(Target::Queue(self.queue(&destination.name)))
             }
-            DestinationKind::Topic | DestinationKind::TempTopic => {
-                Target::Topic(self.topic(&destination.name))
+            DestinationKind::TempTopic => {
+                if !self.temps.contains_key(destination) {
+                    return Err(BrokerError::NoSuchTempTopic(destination.name.to_string()));
+                }
+                Ok(Target::Topic(self.topic(&destination.name)))
             }
         }
+    }
+
+    /// Like [`Broker::resolve`], for plain queues and topics (which always resolve).
+    pub fn target(&self, destination: &Destination) -> Target {
+        self.resolve(destination)
+            .unwrap_or_else(|_| Target::Queue(self.queue(&destination.name)))
+    }
+
+    /// Creates a temporary destination owned by a connection and announces it.
+    pub fn create_temp(&self, destination: &Destination, owner: u64, connection_id: &str) {
+        let fresh = !self.temps.contains_key(destination);
+        self.temps.insert(
+            destination.clone(),
+            TempDestination {
+                owner,
+                connection_id: Arc::from(connection_id),
+                destination: destination.clone(),
+            },
+        );
+        if destination.is_queue() {
+            self.queue(&destination.name);
+        } else {
+            self.topic(&destination.name);
+        }
+        if fresh {
+            self.advise_temp(destination, connection_id, true);
+        }
+    }
+
+    /// Deletes a temporary destination; refused while it has consumers.
+    pub fn delete_temp(&self, destination: &Destination) -> Result<(), BrokerError> {
+        let in_use = if destination.is_queue() {
+            self.find_queue(&destination.name)
+                .is_some_and(|q| q.consumer_count() > 0)
+        } else {
+            self.topics
+                .get(&*destination.name)
+                .is_some_and(|t| t.subscription_count() > 0)
+        };
+        if in_use {
+            return Err(BrokerError::TempInUse(destination.to_string()));
+        }
+        self.drop_temp(destination);
+        Ok(())
+    }
+
+    /// Deletes every temporary destination of a closing connection.
+    pub fn delete_temps_of(&self, owner: u64) {
+        let mine: Vec<Destination> = self
+            .temps
+            .iter()
+            .filter(|t| t.owner == owner)
+            .map(|t| t.destination.clone())
+            .collect();
+        for d in mine {
+            self.drop_temp(&d);
+        }
+    }
+
+    fn drop_temp(&self, destination: &Destination) {
+        let Some((_, temp)) = self.temps.remove(destination) else {
+            return;
+        };
+        if destination.is_queue() {
+            if let Some((_, q)) = self.queues.remove(&*destination.name) {
+                q.purge();
+                q.mark_deleted();
+            }
+        } else {
+            self.topics.remove(&*destination.name);
+        }
+        self.advise_temp(destination, &temp.connection_id, false);
+    }
+
+    fn advise_temp(&self, destination: &Destination, connection_id: &str, added: bool) {
+        let topic = if destination.is_queue() {
+            TEMP_QUEUE_ADVISORY
+        } else {
+            TEMP_TOPIC_ADVISORY
+        };
+        let advisory = Advisory::TempDestination {
+            added,
+            destination: destination.clone(),
+            connection_id: Arc::from(connection_id),
+        };
+        self.publish_advisory(topic, advisory, Vec::new());
+    }
+
+    /// Publishes an advisory message, if anyone listens on its topic.
+    fn publish_advisory(
+        &self,
+        topic: &str,
+        advisory: Advisory,
+        properties: Vec<(ByteStr, PropValue)>,
+    ) {
+        let Some(t) = self.topics.get(topic).map(|t| t.clone()) else {
+            return;
+        };
+        if t.subscription_count() == 0 {
+            return;
+        }
+        let message = self.advisory_message(topic, advisory, properties);
+        t.publish(&Arc::new(message));
+    }
+
+    fn advisory_message(
+        &self,
+        topic: &str,
+        advisory: Advisory,
+        mut properties: Vec<(ByteStr, PropValue)>,
+    ) -> Message {
+        let seq = self.next_id();
+        let mut m = Message::new(
+            message::MessageId {
+                producer: Arc::from(format!("{}-1:0:0:0", self.id_prefix)),
+                seq,
+            },
+            Destination::topic(topic),
+            message::BodyKind::Empty,
+            bytes::Bytes::new(),
+        );
+        m.jms_type = Some(ByteStr::from_static("Advisory"));
+        m.advisory = Some(Arc::new(advisory));
+        properties.push((
+            ByteStr::from_static("originBrokerId"),
+            PropValue::String(ByteStr::from(format!("{}-0:1", self.id_prefix))),
+        ));
+        properties.push((
+            ByteStr::from_static("originBrokerName"),
+            PropValue::String(ByteStr::from(self.config.broker_name.as_str())),
+        ));
+        m.properties = properties;
+        m
+    }
+
+    /// The ADD advisories of every existing temporary destination of a kind
+    /// (what a new subscriber to the temp advisory topics is told first).
+    fn temp_advisories(&self, topic: &str) -> Vec<Arc<Message>> {
+        let queues = topic == TEMP_QUEUE_ADVISORY;
+        self.temps
+            .iter()
+            .filter(|t| t.destination.is_queue() == queues)
+            .map(|t| {
+                Arc::new(self.advisory_message(
+                    topic,
+                    Advisory::TempDestination {
+                        added: true,
+                        destination: t.destination.clone(),
+                        connection_id: t.connection_id.clone(),
+                    },
+                    Vec::new(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Tells `ActiveMQ.Advisory.Consumer.<Queue|Topic>.<name>` listeners that a
+    /// consumer came or went, with the destination's consumer count.
+    fn advise_consumer(
+        &self,
+        destination: &Destination,
+        consumer: &ConsumerName,
+        added: bool,
+        count: usize,
+    ) {
+        if destination.name.starts_with(ADVISORY_PREFIX) {
+            return;
+        }
+        let kind = match destination.kind {
+            DestinationKind::Queue => "Queue",
+            DestinationKind::Topic => "Topic",
+            DestinationKind::TempQueue => "TempQueue",
+            DestinationKind::TempTopic => "TempTopic",
+        };
+        let topic = format!("{ADVISORY_PREFIX}Consumer.{kind}.{}", destination.name);
+        self.publish_advisory(
+            &topic,
+            Advisory::Consumer {
+                added,
+                consumer: consumer.clone(),
+                destination: destination.clone(),
+            },
+            vec![(
+                ByteStr::from_static("consumerCount"),
+                PropValue::Int(count as i32),
+            )],
+        );
     }
 
     /// Names of the queues that exist, sorted.
@@ -257,43 +522,41 @@ impl Broker {
         durable: Option<(&str, &str)>,
     ) -> Result<Subscription, BrokerError> {
         let consumer_id = spec.id;
+        let name = spec.name.clone();
+        if destination.kind.is_temporary() && !self.temps.contains_key(destination) {
+            return Err(match destination.kind {
+                DestinationKind::TempQueue => {
+                    BrokerError::NoSuchTempQueue(destination.name.to_string())
+                }
+                _ => BrokerError::NoSuchTempTopic(destination.name.to_string()),
+            });
+        }
         if destination.is_queue() {
+            if destination.name.contains(',') {
+                return Err(BrokerError::Invalid(format!(
+                    "consuming from a composite queue is not supported: {destination}"
+                )));
+            }
             let queue = self.queue(&destination.name);
             queue.add_consumer(spec);
+            self.advise_consumer(destination, &name, true, queue.consumer_count());
             return Ok(Subscription {
                 queue,
                 consumer_id,
+                name,
                 kind: SubKind::Queue,
             });
         }
-        let topic = self.topic(&destination.name);
-        let Some((client_id, name)) = durable else {
-            let sub_id = self.next_id();
-            let queue = Arc::new(Queue::new(
-                destination.clone(),
-                self.config.destination_memory_limit,
-                false,
-                self.me.clone(),
-            ));
-            topic.attach(TopicSub {
-                id: sub_id,
-                queue: queue.clone(),
-                no_local: spec.no_local,
-                connection: spec.connection,
-            });
-            queue.add_consumer(spec);
-            return Ok(Subscription {
-                queue,
-                consumer_id,
-                kind: SubKind::Topic { topic, sub_id },
-            });
+        let Some((client_id, sub_name)) = durable else {
+            return self.subscribe_topics(destination, spec);
         };
-        let key: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(name));
+        let topic = self.topic(&destination.name);
+        let key: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(sub_name));
         let durable = self
             .durables
             .entry(key.clone())
             .or_insert_with(|| {
-                tracing::info!(client_id, subscription = name, topic = %destination, "durable subscription created");
+                tracing::info!(client_id, subscription = sub_name, topic = %destination, "durable subscription created");
                 let sub_id = self.next_id();
                 let queue = Arc::new(Queue::new(
                     destination.clone(),
@@ -323,10 +586,62 @@ impl Broker {
             *active = Some(consumer_id);
         }
         durable.queue.add_consumer(spec);
+        self.advise_consumer(destination, &name, true, topic.subscription_count());
         Ok(Subscription {
             queue: durable.queue.clone(),
             consumer_id,
+            name,
             kind: SubKind::Durable { key },
+        })
+    }
+
+    /// A non-durable subscription to a topic, or to every topic of a
+    /// composite (one private queue attached to each).
+    fn subscribe_topics(
+        &self,
+        destination: &Destination,
+        spec: ConsumerSpec,
+    ) -> Result<Subscription, BrokerError> {
+        let consumer_id = spec.id;
+        let name = spec.name.clone();
+        let elements = composite_elements(destination);
+        if elements.iter().any(|d| d.is_queue()) {
+            return Err(BrokerError::Invalid(format!(
+                "a topic subscription cannot include queues: {destination}"
+            )));
+        }
+        let sub_id = self.next_id();
+        let queue = Arc::new(Queue::new(
+            destination.clone(),
+            self.config.destination_memory_limit,
+            false,
+            self.me.clone(),
+        ));
+        let mut topics = Vec::with_capacity(elements.len());
+        for d in &elements {
+            let topic = self.topic(&d.name);
+            topic.attach(TopicSub {
+                id: sub_id,
+                queue: queue.clone(),
+                no_local: spec.no_local,
+                connection: spec.connection,
+            });
+            if d.name.as_ref() == TEMP_QUEUE_ADVISORY || d.name.as_ref() == TEMP_TOPIC_ADVISORY {
+                for m in self.temp_advisories(&d.name) {
+                    queue.send(m);
+                }
+            }
+            topics.push(topic);
+        }
+        queue.add_consumer(spec);
+        for (d, t) in elements.iter().zip(&topics) {
+            self.advise_consumer(d, &name, true, t.subscription_count());
+        }
+        Ok(Subscription {
+            queue,
+            consumer_id,
+            name,
+            kind: SubKind::Topic { topics, sub_id },
         })
     }
 
@@ -338,12 +653,24 @@ impl Broker {
         delivered_upto: u64,
         delivered_are_consumed: bool,
     ) {
+        let name = &sub.name;
         sub.queue
             .remove_consumer(sub.consumer_id, delivered_upto, delivered_are_consumed);
+        let destination = sub.queue.destination().clone();
         match &sub.kind {
-            SubKind::Queue => {}
-            SubKind::Topic { topic, sub_id } => {
-                topic.detach(*sub_id);
+            SubKind::Queue => {
+                self.advise_consumer(&destination, name, false, sub.queue.consumer_count());
+            }
+            SubKind::Topic { topics, sub_id } => {
+                for topic in topics {
+                    topic.detach(*sub_id);
+                    self.advise_consumer(
+                        topic.destination(),
+                        name,
+                        false,
+                        topic.subscription_count(),
+                    );
+                }
                 sub.queue.purge();
                 sub.queue.mark_deleted();
             }
@@ -354,6 +681,7 @@ impl Broker {
                         *active = None;
                     }
                 }
+                self.advise_consumer(&destination, name, false, 0);
             }
         }
     }

@@ -223,6 +223,29 @@ impl Queue {
         cumulative: bool,
         action: AckAction,
     ) -> Result<Vec<u64>, AckError> {
+        self.ack_with(consumer, action, |slot| {
+            slot.ack_range(seq, cumulative).ok_or(AckError::NotInFlight)
+        })
+    }
+
+    /// Acknowledges every in-flight delivery of `consumer` with a sequence in
+    /// `first..=last` (OpenWire acks name ranges). Returns the sequences covered.
+    pub fn ack_between(
+        &self,
+        consumer: u64,
+        first: u64,
+        last: u64,
+        action: AckAction,
+    ) -> Result<Vec<u64>, AckError> {
+        self.ack_with(consumer, action, |slot| Ok(slot.seq_range(first, last)))
+    }
+
+    fn ack_with(
+        &self,
+        consumer: u64,
+        action: AckAction,
+        range: impl FnOnce(&ConsumerSlot) -> Result<std::ops::Range<usize>, AckError>,
+    ) -> Result<Vec<u64>, AckError> {
         let mut freed = 0;
         let mut poisoned = Vec::new();
         let (covered, mut dead) = {
@@ -232,9 +255,7 @@ impl Queue {
                 .iter_mut()
                 .find(|c| c.spec.id == consumer)
                 .ok_or(AckError::UnknownConsumer)?;
-            let range = slot
-                .ack_range(seq, cumulative)
-                .ok_or(AckError::NotInFlight)?;
+            let range = range(slot)?;
             let mut covered = Vec::with_capacity(range.len());
             match action {
                 AckAction::Hold => {
@@ -323,6 +344,41 @@ impl Queue {
             self.dispatch(&mut st)
         };
         self.route_dead(dead);
+    }
+
+    /// Lets a prefetch-0 consumer have one more message (OpenWire
+    /// MessagePull). Returns true when a message was dispatched at once.
+    pub fn pull(&self, consumer: u64) -> bool {
+        let (dispatched, dead) = {
+            let mut st = self.lock();
+            let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) else {
+                return false;
+            };
+            slot.pull_credit += 1;
+            let before = slot.next_seq;
+            let dead = self.dispatch(&mut st);
+            let after = st
+                .consumers
+                .iter()
+                .find(|c| c.spec.id == consumer)
+                .map_or(before, |c| c.next_seq);
+            (after > before, dead)
+        };
+        self.route_dead(dead);
+        dispatched
+    }
+
+    /// Withdraws unused pull credit. Returns true when there was some, that
+    /// is, when the pull found no message (the caller then says so).
+    pub fn cancel_pull(&self, consumer: u64) -> bool {
+        let mut st = self.lock();
+        match st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+            Some(slot) if slot.pull_credit > 0 => {
+                slot.pull_credit = 0;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The sequence of the first in-flight delivery to `consumer` whose
@@ -416,7 +472,7 @@ impl Queue {
                 };
                 if slot.spec.sink.deliver(delivery) {
                     slot.next_seq += 1;
-                    slot.credit_used += 1;
+                    slot.use_credit();
                     slot.in_flight.push_back(InFlight {
                         seq,
                         entry,

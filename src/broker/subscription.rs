@@ -36,6 +36,8 @@ pub trait DeliverySink: Send + Sync {
 /// How a consumer wants messages: what a protocol's subscribe becomes.
 pub struct ConsumerSpec {
     pub id: u64,
+    /// How clients name this consumer (for advisories).
+    pub name: crate::broker::message::ConsumerName,
     pub connection: u64,
     /// Deliveries that may be unacknowledged at once; 0 pauses dispatch.
     pub prefetch: u32,
@@ -67,6 +69,8 @@ pub(crate) struct ConsumerSlot {
     /// In-flight entries that still take credit (not held).
     pub credit_used: u32,
     pub next_seq: u64,
+    /// Messages a prefetch-0 consumer asked for (OpenWire MessagePull).
+    pub pull_credit: u32,
     /// The sink said the connection is gone; skip it until it is removed.
     pub dead: bool,
 }
@@ -78,17 +82,33 @@ impl ConsumerSlot {
             in_flight: VecDeque::new(),
             credit_used: 0,
             next_seq: 1,
+            pull_credit: 0,
             dead: false,
         }
     }
 
     pub fn has_credit(&self) -> bool {
-        !self.dead && self.credit_used < self.spec.prefetch
+        !self.dead && (self.credit_used < self.spec.prefetch || self.pull_credit > 0)
+    }
+
+    /// Takes the credit for one dispatch.
+    pub fn use_credit(&mut self) {
+        if self.credit_used >= self.spec.prefetch {
+            self.pull_credit -= 1;
+        }
+        self.credit_used += 1;
     }
 
     /// Index range of in-flight entries an ack of `seq` covers.
     pub fn ack_range(&self, seq: u64, cumulative: bool) -> Option<std::ops::Range<usize>> {
         let pos = self.in_flight.binary_search_by_key(&seq, |f| f.seq).ok()?;
         Some(if cumulative { 0..pos + 1 } else { pos..pos + 1 })
+    }
+
+    /// Index range of in-flight entries with a sequence in `first..=last`.
+    pub fn seq_range(&self, first: u64, last: u64) -> std::ops::Range<usize> {
+        let start = self.in_flight.partition_point(|f| f.seq < first);
+        let end = self.in_flight.partition_point(|f| f.seq <= last);
+        start..end.max(start)
     }
 }

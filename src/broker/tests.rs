@@ -23,6 +23,11 @@ fn spec(broker: &Broker, connection: u64, no_local: bool) -> (ConsumerSpec, Arc<
     let sink = Arc::new(Collect::default());
     (
         ConsumerSpec {
+            name: crate::broker::message::ConsumerName {
+                connection_id: std::sync::Arc::from("ID:test-1"),
+                session: 1,
+                value: 1,
+            },
             id: broker.next_id(),
             connection,
             prefetch: 100,

@@ -56,7 +56,7 @@ pub struct BitWriter {
 
 impl BitWriter {
     pub fn write(&mut self, bit: bool) {
-        if self.bits % 8 == 0 {
+        if self.bits.is_multiple_of(8) {
             self.bytes.push(0);
         }
         if bit {

@@ -14,7 +14,7 @@
 //! back as they were).
 
 use crate::broker::destination::Destination;
-use crate::broker::message::{Message, MessageId};
+use crate::broker::message::{ConsumerName, Message, MessageId};
 use crate::broker::queue::{AckAction, Queue};
 use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
@@ -482,10 +482,7 @@ impl Session {
 
     fn target(&mut self, name: &ByteStr) -> Result<(Destination, Target), ProtocolError> {
         if let Some((d, t)) = self.targets.get(name) {
-            let live = match t {
-                Target::Queue(q) => !q.is_deleted(),
-                Target::Topic(_) => true,
-            };
+            let live = t.is_live();
             if live {
                 return Ok((d.clone(), t.clone()));
             }
@@ -625,6 +622,11 @@ impl Session {
         // out before the first MESSAGE, as ActiveMQ guarantees.
         let spec = ConsumerSpec {
             id: consumer_id,
+            name: ConsumerName {
+                connection_id: Arc::from(self.connection_name.as_str()),
+                session: -1,
+                value: consumer_id as i64,
+            },
             connection: self.connection,
             prefetch: 0,
             no_local,

@@ -51,6 +51,11 @@ fn consumer(id: u64, prefetch: u32) -> (ConsumerSpec, Arc<Collect>) {
     let sink = Arc::new(Collect::default());
     (
         ConsumerSpec {
+            name: crate::broker::message::ConsumerName {
+                connection_id: std::sync::Arc::from("ID:test-1"),
+                session: 1,
+                value: 1,
+            },
             id,
             connection: 1,
             prefetch,
