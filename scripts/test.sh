@@ -30,6 +30,11 @@ if ! python3 -c 'import stomp, pytest' >/dev/null 2>&1; then
 fi
 python3 -c 'import stomp, pytest' || die "stomp.py / pytest still missing"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+# The stock ActiveMQ JMS client (OpenWire) and a JDK to compile the JMS tests.
+command -v javac >/dev/null || apt_install default-jdk-headless
+[ -f /usr/share/java/activemq-client.jar ] || apt_install libactivemq-java
+command -v javac >/dev/null || die "javac still missing"
+[ -f /usr/share/java/activemq-client.jar ] || die "the ActiveMQ client jars are still missing"
 (cd tests/interop/node && npm ci --no-audit --no-fund --silent) || die "npm ci failed in tests/interop/node"
 
 log "cargo test (release)"
@@ -69,6 +74,9 @@ STOMP_PORT=$stomp_port timeout 600 python3 -m pytest -q -p no:cacheprovider test
 py_passed=$(grep -Eo '[0-9]+ passed' "$data/pytest.log" | tail -1 | awk '{print $1+0}')
 (cd tests/interop/node && STOMP_PORT=$stomp_port timeout 600 node --test 2>&1) | tee "$data/node.log" || failed=1
 node_passed=$(grep -Eo '^# pass [0-9]+' "$data/node.log" | awk '{print $3+0}')
+BROKER_URL=tcp://127.0.0.1:$auto_port STOMP_PORT=$stomp_port timeout 900 tests/interop/java/run.sh \
+    2>&1 | tee "$data/java.log" || failed=1
+java_passed=$(grep -Eo '^[0-9]+ passed, [0-9]+ failed' "$data/java.log" | tail -1 | awk '{print $1+0}')
 # The same suites through the auto-detecting port.
 STOMP_PORT=$auto_port timeout 600 python3 -m pytest -q -p no:cacheprovider tests/interop/python -k "queue or topic" \
     2>&1 | tee "$data/pytest-auto.log" || failed=1
@@ -82,9 +90,9 @@ if [ "$failed" != 0 ]; then
     echo "--- broker log (tail) ---"; tail -50 "$data/broker.log"
 fi
 
-total=$((rust_passed + ${py_passed:-0} + ${node_passed:-0} + ${auto_passed:-0}))
+total=$((rust_passed + ${py_passed:-0} + ${node_passed:-0} + ${auto_passed:-0} + ${java_passed:-0}))
 log "summary"
-echo "rust: $rust_passed, stomp.py: ${py_passed:-0}, stompit: ${node_passed:-0}, stomp.py via auto port: ${auto_passed:-0}"
+echo "rust: $rust_passed, stomp.py: ${py_passed:-0}, stompit: ${node_passed:-0}, stomp.py via auto port: ${auto_passed:-0}, JMS (OpenWire): ${java_passed:-0}"
 if [ "$failed" != 0 ]; then
     echo "$total passed, 1 failed"
     exit 1

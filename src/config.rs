@@ -28,7 +28,30 @@ pub struct Config {
     pub broker: BrokerSection,
     pub listeners: Listeners,
     pub stomp: StompSection,
+    pub openwire: OpenWireSection,
     pub limits: LimitsSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenWireSection {
+    /// Largest OpenWire frame, in bytes (ActiveMQ's `wireFormat.maxFrameSize`).
+    pub max_frame_size: u64,
+    /// Proposed inactivity timeout in ms (`wireFormat.maxInactivityDuration`); 0 disables.
+    pub max_inactivity_ms: i64,
+    /// Milliseconds a new connection has to send its WireFormatInfo.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for OpenWireSection {
+    fn default() -> Self {
+        let s = crate::openwire::session::OpenWireSettings::default();
+        OpenWireSection {
+            max_frame_size: s.max_frame_size,
+            max_inactivity_ms: s.max_inactivity_ms,
+            handshake_timeout_ms: s.handshake_timeout.as_millis() as u64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +73,8 @@ pub struct Listeners {
     pub auto: String,
     /// STOMP only.
     pub stomp: String,
+    /// OpenWire only (disabled by default: the auto port serves OpenWire).
+    pub openwire: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -96,6 +121,7 @@ impl Default for Listeners {
         Listeners {
             auto: "0.0.0.0:61616".into(),
             stomp: "0.0.0.0:61613".into(),
+            openwire: String::new(),
         }
     }
 }
@@ -156,6 +182,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_listener("listeners.auto", &self.listeners.auto)?;
         parse_listener("listeners.stomp", &self.listeners.stomp)?;
+        parse_listener("listeners.openwire", &self.listeners.openwire)?;
+        if self.openwire.max_frame_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "openwire.max_frame_size",
+                message: "must be greater than 0".into(),
+            });
+        }
+        if self.openwire.max_inactivity_ms < 0 {
+            return Err(ConfigError::Invalid {
+                key: "openwire.max_inactivity_ms",
+                message: "must be 0 (disabled) or more".into(),
+            });
+        }
         let positive = |key: &'static str, v: usize| {
             if v == 0 {
                 Err(ConfigError::Invalid {
@@ -208,6 +247,7 @@ impl Config {
         let value = match key {
             "listeners.auto" => &self.listeners.auto,
             "listeners.stomp" => &self.listeners.stomp,
+            "listeners.openwire" => &self.listeners.openwire,
             _ => return None,
         };
         parse_listener(key, value).ok().flatten()
@@ -233,12 +273,28 @@ impl Config {
         }
     }
 
+    pub fn openwire_settings(&self) -> crate::openwire::session::OpenWireSettings {
+        crate::openwire::session::OpenWireSettings {
+            max_frame_size: self.openwire.max_frame_size,
+            max_inactivity_ms: self.openwire.max_inactivity_ms,
+            handshake_timeout: Duration::from_millis(self.openwire.handshake_timeout_ms),
+            max_transaction_bytes: self.limits.max_transaction_size,
+            ..Default::default()
+        }
+    }
+
     pub fn core_config(&self) -> crate::broker::CoreConfig {
         crate::broker::CoreConfig {
             broker_name: self.broker.name.clone(),
             destination_memory_limit: self.limits.destination_memory_limit,
             dead_letter_queue: self.broker.dead_letter_queue.clone(),
             dead_letter_non_persistent: false,
+            broker_url: format!(
+                "tcp://{}",
+                self.listener("listeners.auto")
+                    .or(self.listener("listeners.openwire"))
+                    .map_or_else(|| "localhost:61616".to_string(), |a| a.to_string())
+            ),
         }
     }
 }

@@ -23,6 +23,9 @@ struct Cli {
     /// STOMP listener address, e.g. 0.0.0.0:61613 ("" disables).
     #[arg(long, value_name = "ADDR")]
     stomp_addr: Option<String>,
+    /// OpenWire-only listener address (disabled unless given).
+    #[arg(long, value_name = "ADDR")]
+    openwire_addr: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,9 @@ fn main() -> ExitCode {
     }
     if let Some(a) = &cli.stomp_addr {
         config.listeners.stomp = a.clone();
+    }
+    if let Some(a) = &cli.openwire_addr {
+        config.listeners.openwire = a.clone();
     }
     if let Err(e) = config.validate() {
         eprintln!("ferromq: configuration error: {e}");

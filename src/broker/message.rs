@@ -116,6 +116,8 @@ pub struct Message {
     pub original_destination: Option<Destination>,
     /// What an advisory message is about (ActiveMQ's advisory topics).
     pub advisory: Option<Arc<Advisory>>,
+    /// A JMS text message whose text is null (not empty).
+    pub null_body: bool,
 }
 
 /// The subject of an advisory message; protocols render it (OpenWire as the
@@ -163,6 +165,7 @@ impl Message {
             producer_connection: 0,
             original_destination: None,
             advisory: None,
+            null_body: false,
         }
     }
 

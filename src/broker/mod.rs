@@ -36,6 +36,8 @@ pub struct CoreConfig {
     pub dead_letter_queue: String,
     /// Dead-letter non-persistent messages too (ActiveMQ: `processNonPersistent`, off).
     pub dead_letter_non_persistent: bool,
+    /// The URL clients know this broker by (advisories' `originBrokerURL`).
+    pub broker_url: String,
 }
 
 impl Default for CoreConfig {
@@ -45,6 +47,7 @@ impl Default for CoreConfig {
             destination_memory_limit: 64 * 1024 * 1024,
             dead_letter_queue: "ActiveMQ.DLQ".into(),
             dead_letter_non_persistent: false,
+            broker_url: "tcp://localhost:61616".into(),
         }
     }
 }
@@ -422,6 +425,10 @@ impl Broker {
             ByteStr::from_static("originBrokerName"),
             PropValue::String(ByteStr::from(self.config.broker_name.as_str())),
         ));
+        properties.push((
+            ByteStr::from_static("originBrokerURL"),
+            PropValue::String(ByteStr::from(self.config.broker_url.as_str())),
+        ));
         m.properties = properties;
         m
     }
@@ -442,6 +449,47 @@ impl Broker {
                         connection_id: t.connection_id.clone(),
                     },
                     Vec::new(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The ADD advisories of the consumers a destination has now (what a
+    /// new subscriber to its consumer advisory topic is told first).
+    fn consumer_advisories(&self, topic: &str) -> Vec<Arc<Message>> {
+        let Some(rest) = topic.strip_prefix("ActiveMQ.Advisory.Consumer.") else {
+            return Vec::new();
+        };
+        let (destination, queues) = if let Some(name) = rest.strip_prefix("Queue.") {
+            let d = Destination::queue(name);
+            (d, self.find_queue(name).into_iter().collect::<Vec<_>>())
+        } else if let Some(name) = rest.strip_prefix("Topic.") {
+            let d = Destination::topic(name);
+            let subs = self
+                .topics
+                .get(name)
+                .map(|t| t.subscription_queues())
+                .unwrap_or_default();
+            (d, subs)
+        } else {
+            return Vec::new();
+        };
+        let names: Vec<ConsumerName> = queues.iter().flat_map(|q| q.consumer_names()).collect();
+        let count = names.len();
+        names
+            .into_iter()
+            .map(|consumer| {
+                Arc::new(self.advisory_message(
+                    topic,
+                    Advisory::Consumer {
+                        added: true,
+                        consumer,
+                        destination: destination.clone(),
+                    },
+                    vec![(
+                        ByteStr::from_static("consumerCount"),
+                        PropValue::Int(count as i32),
+                    )],
                 ))
             })
             .collect()
@@ -631,6 +679,9 @@ impl Broker {
                     queue.send(m);
                 }
             }
+            for m in self.consumer_advisories(&d.name) {
+                queue.send(m);
+            }
             topics.push(topic);
         }
         queue.add_consumer(spec);
@@ -742,13 +793,19 @@ impl Broker {
             ));
         }
         copy.expiration = 0;
-        if let DeadCause::Expired = cause {
+        let reason = match &cause {
+            DeadCause::Expired => Some(format!(
+                "java.lang.Throwable: Message Expired. Expiration:{}",
+                message.expiration
+            )),
+            DeadCause::Poison(reason) => reason.as_deref().map(str::to_string),
+        };
+        if let Some(reason) = reason {
+            copy.properties
+                .retain(|(k, _)| k.as_str() != "dlqDeliveryFailureCause");
             copy.properties.push((
                 ByteStr::from_static("dlqDeliveryFailureCause"),
-                PropValue::String(ByteStr::from(format!(
-                    "java.lang.Throwable: Message Expired. Expiration:{}",
-                    message.expiration
-                ))),
+                PropValue::String(ByteStr::from(reason)),
             ));
         }
         tracing::debug!(message_id = %message.id, ?cause, "message moved to the dead-letter queue");

@@ -44,9 +44,10 @@ pub enum AckAction {
 }
 
 /// Why a message is dead-lettered (becomes `dlqDeliveryFailureCause`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum DeadCause {
-    Poison,
+    /// The consumer gave up on it; the cause it gave, if any.
+    Poison(Option<Arc<str>>),
     Expired,
 }
 
@@ -223,7 +224,7 @@ impl Queue {
         cumulative: bool,
         action: AckAction,
     ) -> Result<Vec<u64>, AckError> {
-        self.ack_with(consumer, action, |slot| {
+        self.ack_with(consumer, action, None, |slot| {
             slot.ack_range(seq, cumulative).ok_or(AckError::NotInFlight)
         })
     }
@@ -237,13 +238,30 @@ impl Queue {
         last: u64,
         action: AckAction,
     ) -> Result<Vec<u64>, AckError> {
-        self.ack_with(consumer, action, |slot| Ok(slot.seq_range(first, last)))
+        self.ack_with(consumer, action, None, |slot| {
+            Ok(slot.seq_range(first, last))
+        })
+    }
+
+    /// Poisons the deliveries `first..=last` of `consumer`, giving the cause
+    /// the client reported (it becomes `dlqDeliveryFailureCause`).
+    pub fn poison_between(
+        &self,
+        consumer: u64,
+        first: u64,
+        last: u64,
+        cause: Option<Arc<str>>,
+    ) -> Result<Vec<u64>, AckError> {
+        self.ack_with(consumer, AckAction::Poison, cause, |slot| {
+            Ok(slot.seq_range(first, last))
+        })
     }
 
     fn ack_with(
         &self,
         consumer: u64,
         action: AckAction,
+        cause: Option<Arc<str>>,
         range: impl FnOnce(&ConsumerSlot) -> Result<std::ops::Range<usize>, AckError>,
     ) -> Result<Vec<u64>, AckError> {
         let mut freed = 0;
@@ -289,7 +307,11 @@ impl Queue {
             self.release(freed);
         }
         if self.dead_letters {
-            dead.extend(poisoned.into_iter().map(|m| (m, DeadCause::Poison)));
+            dead.extend(
+                poisoned
+                    .into_iter()
+                    .map(|m| (m, DeadCause::Poison(cause.clone()))),
+            );
         }
         self.route_dead(dead);
         Ok(covered)
@@ -415,6 +437,15 @@ impl Queue {
 
     pub fn consumer_count(&self) -> usize {
         self.lock().consumers.len()
+    }
+
+    /// How clients name the consumers attached now.
+    pub fn consumer_names(&self) -> Vec<crate::broker::message::ConsumerName> {
+        self.lock()
+            .consumers
+            .iter()
+            .map(|c| c.spec.name.clone())
+            .collect()
     }
 
     /// Drops every pending message (used when a subscription's queue is destroyed).

@@ -65,6 +65,16 @@ impl Topic {
             .retain(|s| s.id != id);
     }
 
+    /// The queues of the subscriptions attached now.
+    pub fn subscription_queues(&self) -> Vec<Arc<Queue>> {
+        self.subs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.queue.clone())
+            .collect()
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subs.read().unwrap_or_else(|e| e.into_inner()).len()
     }

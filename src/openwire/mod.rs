@@ -4,8 +4,10 @@
 //! framing and the handshake ([`codec`]).
 
 pub mod codec;
+pub mod convert;
 pub mod marshal;
 pub mod primitive_map;
 pub mod schema;
+pub mod session;
 pub mod value;
 pub mod wire;

@@ -28,13 +28,10 @@ use crate::transport::outbox::Outbox;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -184,33 +181,7 @@ struct Transaction {
     bytes: usize,
 }
 
-/// Wraps the read half to remember when bytes last arrived (heart-beats),
-/// and to hand out first the bytes read while sniffing the protocol.
-struct ActivityReader {
-    inner: OwnedReadHalf,
-    prefix: BytesMut,
-    last_read: Instant,
-}
-
-impl AsyncRead for ActivityReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last_read = Instant::now();
-        }
-        res
-    }
-}
+type ActivityReader = crate::transport::activity::ActivityReader<OwnedReadHalf>;
 
 struct Session {
     broker: Arc<Broker>,
@@ -259,11 +230,7 @@ pub async fn serve(
     ));
 
     let mut framed = FramedRead::new(
-        ActivityReader {
-            inner: read,
-            prefix,
-            last_read: Instant::now(),
-        },
+        ActivityReader::new(read, prefix),
         StompCodec::new(settings.limits),
     );
 
@@ -1024,7 +991,7 @@ fn heart_beat_timer(period: Duration) -> tokio::time::Interval {
     i
 }
 
-async fn write_out(sock: &mut OwnedWriteHalf, buf: &mut BytesMut) -> io::Result<()> {
+async fn write_out(sock: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
     let res = sock.write_all(buf).await;
     buf.clear();
     res

@@ -1,10 +1,12 @@
 //! Listeners: accept connections, sniff the protocol on the auto port, and
 //! hand each connection to its protocol's session in its own task.
 
+pub mod activity;
 pub mod outbox;
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::openwire::session::OpenWireSettings;
 use crate::stomp::session::StompSettings;
 use bytes::BytesMut;
 use std::io;
@@ -24,6 +26,7 @@ pub enum ListenerKind {
     /// Sniffs each connection: STOMP or OpenWire (ActiveMQ's `auto`).
     Auto,
     Stomp,
+    OpenWire,
 }
 
 /// What the first bytes of a connection say it speaks.
@@ -67,18 +70,25 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
 pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(ListenerKind, TcpListener)>,
-    stomp: Arc<StompSettings>,
+    settings: Settings,
     max_connections: usize,
+}
+
+/// Per-protocol settings every connection task gets.
+#[derive(Clone)]
+struct Settings {
+    stomp: Arc<StompSettings>,
+    openwire: Arc<OpenWireSettings>,
 }
 
 impl Server {
     /// Binds every configured listener (address port 0 picks a free port).
     pub async fn bind(config: &Config) -> io::Result<Server> {
-        let broker = Broker::new(config.core_config());
         let mut listeners = Vec::new();
         for (key, kind) in [
             ("listeners.auto", ListenerKind::Auto),
             ("listeners.stomp", ListenerKind::Stomp),
+            ("listeners.openwire", ListenerKind::OpenWire),
         ] {
             if let Some(addr) = config.listener(key) {
                 let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -87,10 +97,22 @@ impl Server {
                 listeners.push((kind, listener));
             }
         }
+        // Advisories name the broker by the address it really listens on.
+        let mut core = config.core_config();
+        if let Some(addr) = listeners
+            .iter()
+            .find(|(k, _)| *k != ListenerKind::Stomp)
+            .and_then(|(_, l)| l.local_addr().ok())
+        {
+            core.broker_url = format!("tcp://{addr}");
+        }
         Ok(Server {
-            broker,
+            broker: Broker::new(core),
             listeners,
-            stomp: Arc::new(config.stomp_settings()),
+            settings: Settings {
+                stomp: Arc::new(config.stomp_settings()),
+                openwire: Arc::new(config.openwire_settings()),
+            },
             max_connections: config.limits.max_connections,
         })
     }
@@ -119,7 +141,7 @@ impl Server {
                 kind,
                 listener,
                 self.broker.clone(),
-                self.stomp.clone(),
+                self.settings.clone(),
                 permits.clone(),
                 tracker.clone(),
                 shutdown.clone(),
@@ -141,7 +163,7 @@ async fn accept_loop(
     kind: ListenerKind,
     listener: TcpListener,
     broker: Arc<Broker>,
-    stomp: Arc<StompSettings>,
+    settings: Settings,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -166,11 +188,11 @@ async fn accept_loop(
         };
         let span = info_span!("conn", %peer, protocol = tracing::field::Empty, client_id = tracing::field::Empty);
         let broker = broker.clone();
-        let stomp = stomp.clone();
+        let settings = settings.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(
             async move {
-                serve_connection(kind, stream, broker, stomp, shutdown).await;
+                serve_connection(kind, stream, broker, settings, shutdown).await;
                 drop(permit);
             }
             .instrument(span),
@@ -182,42 +204,46 @@ async fn serve_connection(
     kind: ListenerKind,
     mut stream: TcpStream,
     broker: Arc<Broker>,
-    stomp: Arc<StompSettings>,
+    settings: Settings,
     shutdown: CancellationToken,
 ) {
     let mut prefix = BytesMut::with_capacity(4096);
-    if kind == ListenerKind::Auto {
-        let deadline = tokio::time::Instant::now() + stomp.connect_timeout;
-        loop {
-            match sniff(&prefix) {
-                Sniffed::NeedMore => {}
-                Sniffed::Stomp => break,
-                Sniffed::OpenWire => {
-                    tracing::Span::current().record("protocol", "openwire");
-                    warn!("OpenWire client connected, but this broker version does not speak OpenWire yet; closing");
-                    return;
+    let protocol = match kind {
+        ListenerKind::Stomp => Sniffed::Stomp,
+        ListenerKind::OpenWire => Sniffed::OpenWire,
+        ListenerKind::Auto => {
+            let deadline = tokio::time::Instant::now() + settings.stomp.connect_timeout;
+            loop {
+                match sniff(&prefix) {
+                    Sniffed::NeedMore => {}
+                    Sniffed::Unknown => {
+                        warn!(first_bytes = ?&prefix[..prefix.len().min(16)], "unknown protocol; closing");
+                        return;
+                    }
+                    known => break known,
                 }
-                Sniffed::Unknown => {
-                    warn!(first_bytes = ?&prefix[..prefix.len().min(16)], "unknown protocol; closing");
-                    return;
+                let read = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        info!("no protocol data in time; closing");
+                        return;
+                    }
+                    read = stream.read_buf(&mut prefix) => read,
+                };
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
                 }
-            }
-            let read = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    info!("no protocol data in time; closing");
-                    return;
-                }
-                read = stream.read_buf(&mut prefix) => read,
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
             }
         }
+    };
+    if protocol == Sniffed::OpenWire {
+        tracing::Span::current().record("protocol", "openwire");
+        crate::openwire::session::serve(stream, prefix, broker, settings.openwire, shutdown).await;
+    } else {
+        tracing::Span::current().record("protocol", "stomp");
+        crate::stomp::session::serve(stream, prefix, broker, settings.stomp, shutdown).await;
     }
-    tracing::Span::current().record("protocol", "stomp");
-    crate::stomp::session::serve(stream, prefix, broker, stomp, shutdown).await;
 }
 
 #[cfg(test)]

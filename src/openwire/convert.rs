@@ -1,0 +1,403 @@
+//! OpenWire structures ⇄ core values: destinations, ids, messages and
+//! advisories. A JMS message becomes the core's protocol-free message on the
+//! way in (text decoded from Java's modified UTF-8, compressed bodies
+//! inflated) and is rebuilt on the way out.
+
+use crate::broker::destination::{Destination, DestinationKind};
+use crate::broker::message::{Advisory, BodyKind, ConsumerName, Message, MessageId, PropValue};
+use crate::bstr::ByteStr;
+use crate::openwire::primitive_map::{decode_map, encode_map, MapValue};
+use crate::openwire::schema::{self, msg};
+use crate::openwire::value::{Struct, Throwable, Value};
+use crate::openwire::wire::{decode_modified_utf8, modified_utf8_len, put_modified_utf8};
+use bytes::{BufMut, Bytes};
+use std::sync::Arc;
+
+/// A message that cannot be taken in.
+#[derive(Debug)]
+pub struct ConvertError(pub String);
+
+pub fn destination_from(s: &Struct) -> Option<Destination> {
+    let kind = match s.type_id {
+        schema::ACTIVEMQ_QUEUE => DestinationKind::Queue,
+        schema::ACTIVEMQ_TOPIC => DestinationKind::Topic,
+        schema::ACTIVEMQ_TEMP_QUEUE => DestinationKind::TempQueue,
+        schema::ACTIVEMQ_TEMP_TOPIC => DestinationKind::TempTopic,
+        _ => return None,
+    };
+    Some(Destination::new(kind, s.str("physicalName")?))
+}
+
+pub fn destination_value(d: &Destination) -> Value {
+    let type_id = match d.kind {
+        DestinationKind::Queue => schema::ACTIVEMQ_QUEUE,
+        DestinationKind::Topic => schema::ACTIVEMQ_TOPIC,
+        DestinationKind::TempQueue => schema::ACTIVEMQ_TEMP_QUEUE,
+        DestinationKind::TempTopic => schema::ACTIVEMQ_TEMP_TOPIC,
+    };
+    Value::obj(Struct::new(type_id).with("physicalName", Value::str(d.name.as_ref())))
+}
+
+/// `connectionId:sessionId:value` of a ProducerId or ConsumerId.
+pub fn id_string(s: &Struct) -> String {
+    let conn = s.str("connectionId").unwrap_or_default();
+    format!("{conn}:{}:{}", s.long("sessionId"), s.long("value"))
+}
+
+/// Splits `conn:session:value` (the connection id itself holds colons).
+fn split_id(text: &str) -> (&str, i64, i64) {
+    let mut parts = text.rsplitn(3, ':');
+    let value = parts.next().and_then(|v| v.parse().ok());
+    let session = parts.next().and_then(|v| v.parse().ok());
+    match (parts.next(), session, value) {
+        (Some(conn), Some(s), Some(v)) => (conn, s, v),
+        _ => (text, 0, 0),
+    }
+}
+
+pub fn producer_id_value(text: &str) -> Value {
+    let (conn, session, value) = split_id(text);
+    Value::obj(
+        Struct::new(schema::PRODUCER_ID)
+            .with("connectionId", Value::str(conn))
+            .with("value", Value::Long(value))
+            .with("sessionId", Value::Long(session)),
+    )
+}
+
+pub fn consumer_id_value(name: &ConsumerName) -> Value {
+    Value::obj(
+        Struct::new(schema::CONSUMER_ID)
+            .with("connectionId", Value::str(name.connection_id.as_ref()))
+            .with("sessionId", Value::Long(name.session))
+            .with("value", Value::Long(name.value)),
+    )
+}
+
+pub fn consumer_name(s: &Struct) -> ConsumerName {
+    ConsumerName {
+        connection_id: Arc::from(s.str("connectionId").unwrap_or_default()),
+        session: s.long("sessionId"),
+        value: s.long("value"),
+    }
+}
+
+pub fn throwable(class: &str, message: &str) -> Value {
+    Value::Exc(Box::new(Throwable {
+        class: Some(class.to_string()),
+        message: Some(message.to_string()),
+        ..Throwable::default()
+    }))
+}
+
+fn inflate(data: &[u8]) -> Result<Vec<u8>, ConvertError> {
+    miniz_oxide::inflate::decompress_to_vec_zlib(data)
+        .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))
+}
+
+/// Builds the core message for an OpenWire message command.
+pub fn message_from_struct(s: &Struct, connection: u64) -> Result<Message, ConvertError> {
+    let f = &s.fields;
+    let destination = f[msg::DESTINATION]
+        .as_struct()
+        .and_then(destination_from)
+        .ok_or_else(|| ConvertError("message without a destination".into()))?;
+    let id = match f[msg::MESSAGE_ID].as_struct() {
+        Some(mid) => MessageId {
+            producer: Arc::from(mid.obj("producerId").map(id_string).unwrap_or_default()),
+            seq: mid.long("producerSequenceId") as u64,
+        },
+        None => return Err(ConvertError("message without a message id".into())),
+    };
+    let compressed = matches!(f[msg::COMPRESSED], Value::Bool(true));
+    let content = match &f[msg::CONTENT] {
+        Value::Bytes(b) => Some(b.clone()),
+        _ => None,
+    };
+    let null_text = s.type_id == schema::ACTIVEMQ_TEXT_MESSAGE
+        && match &content {
+            None => true,
+            Some(c) => !compressed && c.len() >= 4 && c[..4] == [0xFF; 4],
+        };
+    let (body_kind, body) = match s.type_id {
+        schema::ACTIVEMQ_TEXT_MESSAGE => {
+            let raw = match content {
+                Some(c) if compressed => Bytes::from(inflate(&c)?),
+                Some(c) => c,
+                None => Bytes::new(),
+            };
+            let text = if raw.len() >= 4 {
+                let n = i32::from_be_bytes(raw[..4].try_into().expect("4 bytes"));
+                if n < 0 {
+                    Bytes::new()
+                } else {
+                    let end = (4 + n as usize).min(raw.len());
+                    let utf8 = decode_modified_utf8(&raw[4..end])
+                        .map_err(|e| ConvertError(format!("bad text body: {e}")))?;
+                    Bytes::from(utf8.into_bytes())
+                }
+            } else {
+                Bytes::new()
+            };
+            (BodyKind::Text, text)
+        }
+        schema::ACTIVEMQ_BYTES_MESSAGE => {
+            let body = match content {
+                Some(c) if compressed && c.len() >= 4 => {
+                    let n = i32::from_be_bytes(c[..4].try_into().expect("4 bytes")).max(0) as usize;
+                    let mut v = inflate(&c[4..])?;
+                    v.truncate(n);
+                    Bytes::from(v)
+                }
+                Some(c) => c,
+                None => Bytes::new(),
+            };
+            (BodyKind::Bytes, body)
+        }
+        t @ (schema::ACTIVEMQ_MAP_MESSAGE
+        | schema::ACTIVEMQ_OBJECT_MESSAGE
+        | schema::ACTIVEMQ_STREAM_MESSAGE) => {
+            let kind = match t {
+                schema::ACTIVEMQ_MAP_MESSAGE => BodyKind::Map,
+                schema::ACTIVEMQ_OBJECT_MESSAGE => BodyKind::Object,
+                _ => BodyKind::Stream,
+            };
+            let body = match content {
+                Some(c) if compressed => Bytes::from(inflate(&c)?),
+                Some(c) => c,
+                None => Bytes::new(),
+            };
+            (kind, body)
+        }
+        _ => (BodyKind::Empty, Bytes::new()),
+    };
+    let mut m = Message::new(id, destination, body_kind, body);
+    m.null_body = null_text;
+    m.producer_connection = connection;
+    m.persistent = matches!(f[msg::PERSISTENT], Value::Bool(true));
+    m.priority = match f[msg::PRIORITY] {
+        Value::Byte(p) => p.clamp(0, 9) as u8,
+        _ => 4,
+    };
+    if let Value::Long(e) = f[msg::EXPIRATION] {
+        m.expiration = e;
+    }
+    if let Value::Long(t) = f[msg::TIMESTAMP] {
+        m.timestamp = t;
+    }
+    if let Value::Str(c) = &f[msg::CORRELATION_ID] {
+        m.correlation_id = Some(ByteStr::from(c.as_str()));
+    }
+    if let Value::Str(t) = &f[msg::TYPE] {
+        m.jms_type = Some(ByteStr::from(t.as_str()));
+    }
+    m.reply_to = f[msg::REPLY_TO].as_struct().and_then(destination_from);
+    if let Value::Str(g) = &f[msg::GROUP_ID] {
+        m.properties.push((
+            ByteStr::from_static("JMSXGroupID"),
+            PropValue::String(ByteStr::from(g.as_str())),
+        ));
+        if let Value::Int(seq) = f[msg::GROUP_SEQUENCE] {
+            m.properties
+                .push((ByteStr::from_static("JMSXGroupSeq"), PropValue::Int(seq)));
+        }
+    }
+    if let Value::Bytes(p) = &f[msg::PROPERTIES] {
+        let map = decode_map(p)
+            .map_err(|e| ConvertError(format!("bad message properties: {e}")))?
+            .unwrap_or_default();
+        for (k, v) in map {
+            let v = match v {
+                MapValue::Bool(b) => PropValue::Bool(b),
+                MapValue::Byte(b) => PropValue::Byte(b),
+                MapValue::Short(s) => PropValue::Short(s),
+                MapValue::Char(c) => PropValue::Short(c as i16),
+                MapValue::Int(i) => PropValue::Int(i),
+                MapValue::Long(l) => PropValue::Long(l),
+                MapValue::Float(x) => PropValue::Float(x),
+                MapValue::Double(x) => PropValue::Double(x),
+                MapValue::String(s) => PropValue::String(ByteStr::from(s)),
+                // Not JMS property types: keep nothing rather than guess.
+                _ => continue,
+            };
+            m.properties.push((ByteStr::from(k), v));
+        }
+    }
+    if let Some(orig) = f[msg::ORIGINAL_DESTINATION].as_struct() {
+        m.original_destination = destination_from(orig);
+    }
+    Ok(m)
+}
+
+/// A text body as OpenWire content: i32 length, then modified UTF-8.
+fn text_content(body: &[u8]) -> Bytes {
+    let text = String::from_utf8_lossy(body);
+    let n = modified_utf8_len(&text);
+    let mut out = Vec::with_capacity(4 + n);
+    out.put_i32(n as i32);
+    put_modified_utf8(&mut out, &text);
+    Bytes::from(out)
+}
+
+/// Builds the OpenWire message for a delivery. `broker_seq` becomes the
+/// message id's brokerSequenceId, which the client echoes in its acks.
+pub fn message_to_struct(m: &Message, redelivery_count: u32, broker_seq: u64, now: i64) -> Struct {
+    let type_id = match m.body_kind {
+        BodyKind::Text => schema::ACTIVEMQ_TEXT_MESSAGE,
+        BodyKind::Bytes => schema::ACTIVEMQ_BYTES_MESSAGE,
+        BodyKind::Map => schema::ACTIVEMQ_MAP_MESSAGE,
+        BodyKind::Object => schema::ACTIVEMQ_OBJECT_MESSAGE,
+        BodyKind::Stream => schema::ACTIVEMQ_STREAM_MESSAGE,
+        BodyKind::Empty => schema::ACTIVEMQ_MESSAGE,
+    };
+    let mut s = Struct::new(type_id);
+    let f = &mut s.fields;
+    let producer = producer_id_value(&m.id.producer);
+    f[msg::PRODUCER_ID] = producer.clone();
+    f[msg::DESTINATION] = destination_value(&m.destination);
+    f[msg::MESSAGE_ID] = Value::obj(
+        Struct::new(schema::MESSAGE_ID)
+            .with("producerId", producer)
+            .with("producerSequenceId", Value::Long(m.id.seq as i64))
+            .with("brokerSequenceId", Value::Long(broker_seq as i64)),
+    );
+    if let Some(o) = &m.original_destination {
+        f[msg::ORIGINAL_DESTINATION] = destination_value(o);
+    }
+    f[msg::PERSISTENT] = Value::Bool(m.persistent);
+    f[msg::EXPIRATION] = Value::Long(m.expiration);
+    f[msg::PRIORITY] = Value::Byte(m.priority as i8);
+    f[msg::TIMESTAMP] = Value::Long(m.timestamp);
+    f[msg::CORRELATION_ID] = Value::opt_str(m.correlation_id.as_deref());
+    f[msg::TYPE] = Value::opt_str(m.jms_type.as_deref());
+    if let Some(r) = &m.reply_to {
+        f[msg::REPLY_TO] = destination_value(r);
+    }
+    f[msg::CONTENT] = match m.body_kind {
+        BodyKind::Text if m.null_body => Value::Null,
+        BodyKind::Text => Value::Bytes(text_content(&m.body)),
+        BodyKind::Empty => Value::Null,
+        BodyKind::Map if m.body.is_empty() => Value::Null,
+        _ => Value::Bytes(m.body.clone()),
+    };
+    let mut props = Vec::with_capacity(m.properties.len());
+    for (k, v) in &m.properties {
+        match (k.as_str(), v) {
+            ("JMSXGroupID", PropValue::String(g)) => f[msg::GROUP_ID] = Value::str(g.as_str()),
+            ("JMSXGroupSeq", PropValue::Int(n)) => f[msg::GROUP_SEQUENCE] = Value::Int(*n),
+            _ => props.push((
+                k.to_string(),
+                match v {
+                    PropValue::Bool(b) => MapValue::Bool(*b),
+                    PropValue::Byte(b) => MapValue::Byte(*b),
+                    PropValue::Short(x) => MapValue::Short(*x),
+                    PropValue::Int(x) => MapValue::Int(*x),
+                    PropValue::Long(x) => MapValue::Long(*x),
+                    PropValue::Float(x) => MapValue::Float(*x),
+                    PropValue::Double(x) => MapValue::Double(*x),
+                    PropValue::String(x) => MapValue::String(x.to_string()),
+                },
+            )),
+        }
+    }
+    if !props.is_empty() {
+        if let Ok(b) = encode_map(&props) {
+            f[msg::PROPERTIES] = Value::Bytes(b);
+        }
+    }
+    if let Some(a) = &m.advisory {
+        f[msg::DATA_STRUCTURE] = advisory_value(a);
+    }
+    f[msg::REDELIVERY_COUNTER] = Value::Int(redelivery_count as i32);
+    f[msg::BROKER_IN_TIME] = Value::Long(m.timestamp);
+    f[msg::BROKER_OUT_TIME] = Value::Long(now);
+    s
+}
+
+fn advisory_value(a: &Advisory) -> Value {
+    match a {
+        Advisory::TempDestination {
+            added,
+            destination,
+            connection_id,
+        } => Value::obj(
+            Struct::new(schema::DESTINATION_INFO)
+                .with(
+                    "connectionId",
+                    Value::obj(
+                        Struct::new(schema::CONNECTION_ID)
+                            .with("value", Value::str(connection_id.as_ref())),
+                    ),
+                )
+                .with("destination", destination_value(destination))
+                .with("operationType", Value::Byte(if *added { 0 } else { 1 })),
+        ),
+        Advisory::Consumer {
+            added: true,
+            consumer,
+            destination,
+        } => Value::obj(
+            Struct::new(schema::CONSUMER_INFO)
+                .with("consumerId", consumer_id_value(consumer))
+                .with("destination", destination_value(destination))
+                .with("prefetchSize", Value::Int(1000))
+                .with("dispatchAsync", Value::Bool(true)),
+        ),
+        Advisory::Consumer {
+            added: false,
+            consumer,
+            ..
+        } => Value::obj(
+            Struct::new(schema::REMOVE_INFO)
+                .with("objectId", consumer_id_value(consumer))
+                .with("lastDeliveredSequenceId", Value::Long(-2)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_split_and_join() {
+        assert_eq!(split_id("ID:h-1-2-1:3:-1:7"), ("ID:h-1-2-1:3", -1, 7));
+        let v = producer_id_value("ID:h-1-2-1:3:2:9");
+        assert_eq!(id_string(v.as_struct().unwrap()), "ID:h-1-2-1:3:2:9");
+    }
+
+    #[test]
+    fn messages_round_trip_through_the_core() {
+        let mut m = Message::new(
+            MessageId {
+                producer: Arc::from("ID:x-1-2-1:1:1:1"),
+                seq: 5,
+            },
+            Destination::queue("q"),
+            BodyKind::Text,
+            Bytes::from("smile 😀 nul\0 é".as_bytes().to_vec()),
+        );
+        m.persistent = true;
+        m.priority = 7;
+        m.correlation_id = Some("c".into());
+        m.reply_to = Some(Destination::new(DestinationKind::TempQueue, "ID:x:1"));
+        m.properties.push(("n".into(), PropValue::Int(3)));
+        m.properties
+            .push(("JMSXGroupID".into(), PropValue::String("g".into())));
+        let s = message_to_struct(&m, 2, 11, 0);
+        let back = message_from_struct(&s, 9).unwrap();
+        assert_eq!(back.body, m.body);
+        assert_eq!(back.id, m.id);
+        assert!(back.persistent);
+        assert_eq!(back.priority, 7);
+        assert_eq!(back.reply_to, m.reply_to);
+        assert_eq!(back.property("n"), Some(&PropValue::Int(3)));
+        assert_eq!(
+            back.property("JMSXGroupID"),
+            Some(&PropValue::String("g".into()))
+        );
+        assert_eq!(s.get("redeliveryCounter"), &Value::Int(2));
+        let mid = s.obj("messageId").unwrap();
+        assert_eq!(mid.long("brokerSequenceId"), 11);
+    }
+}

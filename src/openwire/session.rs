@@ -1,0 +1,1232 @@
+//! One OpenWire connection: the handshake, then commands in, core
+//! operations out, deliveries back as MessageDispatch.
+//!
+//! As for STOMP there are two tasks: this session (the reader) and a writer
+//! that owns the socket's write half, the negotiated format and the write
+//! side of the marshalling cache — so every frame is encoded by one task, in
+//! the order it goes on the wire. The session sends it commands over a
+//! bounded channel; the core's deliveries come through the outbox, bounded by
+//! prefetch credit.
+//!
+//! A delivery's sequence number (per consumer) is sent as the message id's
+//! `brokerSequenceId`. The client echoes it in its acks and reports the last
+//! one it handed to the application in `RemoveInfo.lastDeliveredSequenceId`,
+//! which is exactly what the core needs to return unacknowledged messages
+//! with the right redelivered flag.
+
+use crate::broker::destination::Destination;
+use crate::broker::message::{now_millis, Message};
+use crate::broker::queue::{AckAction, Queue};
+use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
+use crate::broker::{Broker, BrokerError, Subscription, Target};
+use crate::openwire::codec::{
+    encode_wire_format_info, negotiate, CodecError, FrameWriter, Negotiated, OpenWireCodec,
+    WireFormatInfo,
+};
+use crate::openwire::convert::{
+    self, consumer_name, destination_from, destination_value, id_string, message_to_struct,
+    throwable,
+};
+use crate::openwire::schema::{self, msg};
+use crate::openwire::value::{Struct, Value};
+use crate::transport::activity::ActivityReader;
+use crate::transport::outbox::Outbox;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// OpenWire connector settings.
+#[derive(Clone, Debug)]
+pub struct OpenWireSettings {
+    /// Largest frame accepted (ActiveMQ's default connector: 100 MiB).
+    pub max_frame_size: u64,
+    /// Proposed `MaxInactivityDuration` (ms); the smaller of both sides wins.
+    pub max_inactivity_ms: i64,
+    /// How long a new connection has to send its WireFormatInfo.
+    pub handshake_timeout: Duration,
+    /// Commands the session may queue for the writer before it stops reading.
+    pub control_queue: usize,
+    /// Bytes of messages one open transaction may hold.
+    pub max_transaction_bytes: usize,
+}
+
+impl Default for OpenWireSettings {
+    fn default() -> Self {
+        OpenWireSettings {
+            max_frame_size: 100 * 1024 * 1024,
+            max_inactivity_ms: 30_000,
+            handshake_timeout: Duration::from_secs(30),
+            control_queue: 256,
+            max_transaction_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// ActiveMQ's acknowledgement types (MessageAck.ackType).
+mod ack_type {
+    pub const DELIVERED: i8 = 0;
+    pub const POISON: i8 = 1;
+    pub const STANDARD: i8 = 2;
+    pub const REDELIVERED: i8 = 3;
+    pub const INDIVIDUAL: i8 = 4;
+    pub const UNMATCHED: i8 = 5;
+    pub const EXPIRED: i8 = 6;
+}
+
+/// TransactionInfo.type values.
+mod tx_type {
+    pub const BEGIN: i8 = 0;
+    pub const PREPARE: i8 = 1;
+    pub const COMMIT_ONE_PHASE: i8 = 2;
+    pub const COMMIT_TWO_PHASE: i8 = 3;
+    pub const ROLLBACK: i8 = 4;
+    pub const RECOVER: i8 = 5;
+    pub const FORGET: i8 = 6;
+    pub const END: i8 = 7;
+}
+
+/// An error answered with an ExceptionResponse (or a ConnectionError when
+/// no response was asked for); `class` is the Java exception class the
+/// client rebuilds.
+#[derive(Debug)]
+struct JmsError {
+    class: &'static str,
+    message: String,
+}
+
+impl JmsError {
+    fn new(class: &'static str, message: impl Into<String>) -> Self {
+        JmsError {
+            class,
+            message: message.into(),
+        }
+    }
+    fn jms(message: impl Into<String>) -> Self {
+        Self::new("javax.jms.JMSException", message)
+    }
+}
+
+impl From<BrokerError> for JmsError {
+    fn from(e: BrokerError) -> Self {
+        let class = match &e {
+            BrokerError::ClientIdInUse { .. } => "javax.jms.InvalidClientIDException",
+            BrokerError::NoSuchDurable { .. } => "javax.jms.InvalidDestinationException",
+            // Its message is the destination: the client's class builds
+            // "The destination X does not exist." from it.
+            BrokerError::NoSuchTempQueue(name) => {
+                return JmsError::new(
+                    "org.apache.activemq.DestinationDoesNotExistException",
+                    format!("temp-queue://{name}"),
+                )
+            }
+            BrokerError::NoSuchTempTopic(name) => {
+                return JmsError::new(
+                    "org.apache.activemq.DestinationDoesNotExistException",
+                    format!("temp-topic://{name}"),
+                )
+            }
+            BrokerError::Invalid(_) => "javax.jms.InvalidDestinationException",
+            BrokerError::DurableInUse | BrokerError::TempInUse(_) => "javax.jms.JMSException",
+        };
+        JmsError::new(class, e.to_string())
+    }
+}
+
+/// How a command was answered.
+enum Reply {
+    /// A plain Response, if one was asked for.
+    Done,
+    /// This reply (its correlationId is filled in), if one was asked for.
+    With(Struct),
+    /// The handler sent its Response itself (to order it before other frames).
+    Sent,
+}
+
+/// What the session asks of the writer.
+enum Ctl {
+    Frame(Struct),
+    Negotiated(Negotiated),
+}
+
+/// The writer-visible state of one consumer.
+struct ConsumerCtx {
+    /// The client's ConsumerId, echoed in every MessageDispatch.
+    id_value: Value,
+    write: Mutex<WriteState>,
+}
+
+#[derive(Default)]
+struct WriteState {
+    closed: bool,
+    last_written: u64,
+}
+
+impl ConsumerCtx {
+    fn write_state(&self) -> std::sync::MutexGuard<'_, WriteState> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Out = (Arc<ConsumerCtx>, Delivery);
+
+struct Sink {
+    outbox: Arc<Outbox<Out>>,
+    ctx: Arc<ConsumerCtx>,
+}
+
+impl DeliverySink for Sink {
+    fn deliver(&self, delivery: Delivery) -> bool {
+        self.outbox.push((self.ctx.clone(), delivery))
+    }
+}
+
+struct ConsumerEntry {
+    ctx: Arc<ConsumerCtx>,
+    /// None for a browser.
+    sub: Option<Subscription>,
+    session: i64,
+    /// Highest sequence the client said it delivered to the application.
+    delivered_upto: u64,
+}
+
+enum TxOp {
+    Send(Target, Arc<Message>),
+    Ack {
+        queue: Arc<Queue>,
+        consumer: u64,
+        seqs: Vec<u64>,
+    },
+}
+
+#[derive(Default)]
+struct Transaction {
+    ops: Vec<TxOp>,
+    bytes: usize,
+}
+
+enum Internal {
+    PullTimeout(String),
+}
+
+struct Session {
+    broker: Arc<Broker>,
+    settings: Arc<OpenWireSettings>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    connection: u64,
+    control: mpsc::Sender<Ctl>,
+    outbox: Arc<Outbox<Out>>,
+    internal: mpsc::Sender<Internal>,
+    negotiated: Option<Negotiated>,
+    connection_id: Option<String>,
+    client_id: Option<String>,
+    sessions: HashSet<i64>,
+    consumers: HashMap<String, ConsumerEntry>,
+    producers: HashMap<String, i32>,
+    txs: HashMap<String, Transaction>,
+    targets: HashMap<Destination, Target>,
+    shutdown_requested: bool,
+}
+
+/// Serves one OpenWire connection until the client leaves, a fatal error or
+/// `shutdown`. `prefix` holds bytes already read while sniffing the protocol.
+pub async fn serve(
+    stream: TcpStream,
+    prefix: bytes::BytesMut,
+    broker: Arc<Broker>,
+    settings: Arc<OpenWireSettings>,
+    shutdown: CancellationToken,
+) {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let connection = broker.next_id();
+    let (control, control_rx) = mpsc::channel(settings.control_queue.max(1));
+    let (internal, mut internal_rx) = mpsc::channel(1024);
+    let outbox = Arc::new(Outbox::new());
+    let token = shutdown.child_token();
+    let ours = WireFormatInfo::broker_proposal(settings.max_frame_size, settings.max_inactivity_ms);
+    let writer = tokio::spawn(writer(
+        write,
+        ours.clone(),
+        control_rx,
+        outbox.clone(),
+        token.clone(),
+    ));
+    let mut framed = FramedRead::new(
+        ActivityReader::new(read, prefix),
+        OpenWireCodec::new(settings.max_frame_size),
+    );
+    let mut session = Session {
+        broker,
+        settings,
+        peer,
+        local,
+        connection,
+        control,
+        outbox,
+        internal,
+        negotiated: None,
+        connection_id: None,
+        client_id: None,
+        sessions: HashSet::from([-1]),
+        consumers: HashMap::new(),
+        producers: HashMap::new(),
+        txs: HashMap::new(),
+        targets: HashMap::new(),
+        shutdown_requested: false,
+    };
+    let reason = tokio::select! {
+        reason = session.run(&mut framed, &mut internal_rx, &ours, &token) => reason,
+        _ = token.cancelled() => "shutdown".to_string(),
+    };
+    debug!(%reason, "connection closing");
+    session.close();
+    token.cancel();
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+    info!(%reason, "OpenWire connection closed");
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        framed: &mut FramedRead<ActivityReader<OwnedReadHalf>, OpenWireCodec>,
+        internal: &mut mpsc::Receiver<Internal>,
+        ours: &WireFormatInfo,
+        token: &CancellationToken,
+    ) -> String {
+        let handshake_deadline = Instant::now() + self.settings.handshake_timeout;
+        loop {
+            let deadline = match &self.negotiated {
+                None => handshake_deadline,
+                Some(n) if n.max_inactivity_ms > 0 => {
+                    framed.get_ref().last_read
+                        + Duration::from_millis(
+                            (n.max_inactivity_ms + n.max_inactivity_ms / 3) as u64,
+                        )
+                }
+                Some(_) => Instant::now() + Duration::from_secs(3600),
+            };
+            let item = tokio::select! {
+                biased;
+                _ = token.cancelled() => return "shutdown".into(),
+                Some(i) = internal.recv() => {
+                    self.on_internal(i).await;
+                    continue;
+                }
+                item = framed.next() => item,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.negotiated.is_none() {
+                        return "no WireFormatInfo in time".into();
+                    }
+                    if Instant::now() >= deadline {
+                        warn!("no data from the client within the inactivity duration; closing");
+                        return "inactivity".into();
+                    }
+                    continue;
+                }
+            };
+            let command = match item {
+                None => return "client closed the connection".into(),
+                Some(Ok(c)) => c,
+                Some(Err(CodecError::Io(e))) => return format!("read error: {e}"),
+                Some(Err(e)) => {
+                    warn!(error = %e, "bad OpenWire frame");
+                    if self.negotiated.is_some() {
+                        self.connection_error(JmsError::new("java.io.IOException", e.to_string()))
+                            .await;
+                    }
+                    return format!("bad frame: {e}");
+                }
+            };
+            if self.negotiated.is_none() {
+                match self.handshake(&command, ours, framed).await {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "OpenWire handshake failed");
+                        return format!("handshake failed: {e}");
+                    }
+                }
+            }
+            self.on_command(command).await;
+            if self.shutdown_requested {
+                return "ShutdownInfo".into();
+            }
+        }
+    }
+
+    async fn handshake(
+        &mut self,
+        command: &Struct,
+        ours: &WireFormatInfo,
+        framed: &mut FramedRead<ActivityReader<OwnedReadHalf>, OpenWireCodec>,
+    ) -> Result<(), CodecError> {
+        let theirs = WireFormatInfo::from_struct(command)?;
+        let n = negotiate(ours, &theirs)?;
+        framed.decoder_mut().negotiated(&n);
+        self.negotiated = Some(n);
+        debug!(
+            version = n.format.version,
+            tight = n.format.tight,
+            cache = n.format.cache,
+            "wire format negotiated"
+        );
+        let _ = self.control.send(Ctl::Negotiated(n)).await;
+        let broker_info = Struct::new(schema::BROKER_INFO)
+            .with(
+                "brokerId",
+                Value::obj(Struct::new(schema::BROKER_ID).with(
+                    "value",
+                    Value::str(format!("{}-0:1", self.broker.id_prefix())),
+                )),
+            )
+            .with("brokerURL", Value::str(format!("tcp://{}", self.local)))
+            .with(
+                "brokerName",
+                Value::str(self.broker.config().broker_name.as_str()),
+            );
+        self.send(broker_info).await;
+        Ok(())
+    }
+
+    async fn send(&self, s: Struct) {
+        let _ = self.control.send(Ctl::Frame(s)).await;
+    }
+
+    async fn connection_error(&self, e: JmsError) {
+        let mut s =
+            Struct::new(schema::CONNECTION_ERROR).with("exception", throwable(e.class, &e.message));
+        if let Some(c) = &self.connection_id {
+            s.set("connectionId", connection_id_value(c));
+        }
+        self.send(s).await;
+    }
+
+    async fn on_command(&mut self, command: Struct) {
+        let command_id = command.command_id();
+        let response_required = command.response_required();
+        let type_id = command.type_id;
+        let result = self.dispatch_command(command).await;
+        match result {
+            Ok(Reply::Sent) => {}
+            Ok(reply) => {
+                if response_required {
+                    let r = match reply {
+                        Reply::With(s) => s,
+                        _ => Struct::new(schema::RESPONSE),
+                    };
+                    self.send(r.with("correlationId", Value::Int(command_id)))
+                        .await;
+                }
+            }
+            Err(e) => {
+                debug!(command = schema::type_name(type_id), class = e.class, error = %e.message, "command refused");
+                if response_required {
+                    let r = Struct::new(schema::EXCEPTION_RESPONSE)
+                        .with("correlationId", Value::Int(command_id))
+                        .with("exception", throwable(e.class, &e.message));
+                    self.send(r).await;
+                } else {
+                    self.connection_error(e).await;
+                }
+            }
+        }
+    }
+
+    async fn dispatch_command(&mut self, c: Struct) -> Result<Reply, JmsError> {
+        if c.type_id != schema::CONNECTION_INFO
+            && self.connection_id.is_none()
+            && !matches!(
+                c.type_id,
+                schema::KEEP_ALIVE_INFO | schema::SHUTDOWN_INFO | schema::WIRE_FORMAT_INFO
+            )
+        {
+            return Err(JmsError::new(
+                "java.lang.IllegalStateException",
+                "Cannot process a command before the connection is registered (ConnectionInfo)",
+            ));
+        }
+        match c.type_id {
+            schema::CONNECTION_INFO => self.on_connection_info(&c).await,
+            schema::SESSION_INFO => {
+                if let Some(sid) = c.obj("sessionId") {
+                    self.sessions.insert(sid.long("value"));
+                }
+                Ok(Reply::Done)
+            }
+            schema::CONSUMER_INFO => self.on_consumer_info(&c).await,
+            schema::PRODUCER_INFO => {
+                let id = c.obj("producerId").map(id_string).unwrap_or_default();
+                self.producers.insert(id, c.int("windowSize"));
+                Ok(Reply::Done)
+            }
+            t if schema::is_message(t) => self.on_message(c).await,
+            schema::MESSAGE_ACK => self.on_ack(&c),
+            schema::MESSAGE_PULL => self.on_pull(&c).await,
+            schema::REMOVE_INFO => self.on_remove(&c),
+            schema::TRANSACTION_INFO => self.on_transaction(&c).await,
+            schema::DESTINATION_INFO => self.on_destination_info(&c),
+            schema::REMOVE_SUBSCRIPTION_INFO => {
+                let client_id = c
+                    .str("clientId")
+                    .map(str::to_string)
+                    .or_else(|| self.client_id.clone())
+                    .unwrap_or_default();
+                let name = c.str("subscriptionName").unwrap_or_default();
+                self.broker.remove_durable(&client_id, name)?;
+                Ok(Reply::Done)
+            }
+            schema::KEEP_ALIVE_INFO => {
+                if c.response_required() {
+                    self.send(Struct::new(schema::KEEP_ALIVE_INFO)).await;
+                }
+                Ok(Reply::Done)
+            }
+            schema::SHUTDOWN_INFO => {
+                self.shutdown_requested = true;
+                Ok(Reply::Done)
+            }
+            schema::WIRE_FORMAT_INFO
+            | schema::FLUSH_COMMAND
+            | schema::CONNECTION_CONTROL
+            | schema::CONSUMER_CONTROL
+            | schema::CONTROL_COMMAND
+            | schema::BROKER_INFO
+            | schema::RESPONSE
+            | schema::EXCEPTION_RESPONSE => Ok(Reply::Done),
+            other => Err(JmsError::new(
+                "java.io.IOException",
+                format!("Unexpected command: {}", schema::type_name(other)),
+            )),
+        }
+    }
+
+    async fn on_connection_info(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let connection_id = c
+            .obj("connectionId")
+            .and_then(|id| id.str("value"))
+            .ok_or_else(|| JmsError::jms("ConnectionInfo without a connection id"))?
+            .to_string();
+        if self.connection_id.as_deref() == Some(connection_id.as_str()) {
+            return Ok(Reply::Done); // replayed after failover
+        }
+        if let Some(client_id) = c.str("clientId") {
+            self.broker.register_client_id(
+                client_id,
+                self.connection,
+                &format!("tcp://{}", self.peer),
+            )?;
+            self.client_id = Some(client_id.to_string());
+            tracing::Span::current().record("client_id", client_id);
+        }
+        self.connection_id = Some(connection_id);
+        if c.bool("manageable") {
+            // As ActiveMQ: the Response, then a ConnectionControl.
+            self.respond(c).await;
+            self.send(
+                Struct::new(schema::CONNECTION_CONTROL)
+                    .with("connectedBrokers", Value::str(""))
+                    .with("reconnectTo", Value::str("")),
+            )
+            .await;
+            return Ok(Reply::Sent);
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Sends the plain Response a command asked for.
+    async fn respond(&self, c: &Struct) {
+        if c.response_required() {
+            self.send(
+                Struct::new(schema::RESPONSE).with("correlationId", Value::Int(c.command_id())),
+            )
+            .await;
+        }
+    }
+
+    async fn on_consumer_info(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let id_struct = c
+            .obj("consumerId")
+            .ok_or_else(|| JmsError::jms("ConsumerInfo without a consumer id"))?;
+        let key = id_string(id_struct);
+        if self.consumers.contains_key(&key) {
+            return Ok(Reply::Done); // replayed after failover
+        }
+        let session = id_struct.long("sessionId");
+        if !self.sessions.contains(&session) {
+            return Err(JmsError::jms(format!("Session {session} does not exist")));
+        }
+        let destination = c
+            .obj("destination")
+            .and_then(destination_from)
+            .ok_or_else(|| {
+                JmsError::new(
+                    "javax.jms.InvalidDestinationException",
+                    "Destination must not be null",
+                )
+            })?;
+        if c.str("selector").is_some_and(|s| !s.trim().is_empty()) {
+            return Err(JmsError::new(
+                "javax.jms.InvalidSelectorException",
+                "Message selectors are not supported by this broker version",
+            ));
+        }
+        let consumer_id = self.broker.next_id();
+        let ctx = Arc::new(ConsumerCtx {
+            id_value: Value::obj(id_struct.clone()),
+            write: Mutex::new(WriteState::default()),
+        });
+        if c.bool("browser") {
+            if !destination.is_queue() {
+                return Err(JmsError::new(
+                    "javax.jms.InvalidDestinationException",
+                    "Only queues can be browsed",
+                ));
+            }
+            self.consumers.insert(
+                key,
+                ConsumerEntry {
+                    ctx: ctx.clone(),
+                    sub: None,
+                    session,
+                    delivered_upto: 0,
+                },
+            );
+            self.respond(c).await;
+            self.browse(&ctx, &destination).await;
+            return Ok(Reply::Sent);
+        }
+        let prefetch = c.int("prefetchSize").max(0) as u32;
+        let durable_name = c
+            .str("subscriptionName")
+            .filter(|_| !destination.is_queue());
+        let client_id = c
+            .str("clientId")
+            .map(str::to_string)
+            .or_else(|| self.client_id.clone());
+        let durable = match (durable_name, &client_id) {
+            (Some(name), Some(cid)) => Some((cid.as_str(), name)),
+            (Some(_), None) => {
+                return Err(JmsError::new(
+                    "javax.jms.JMSException",
+                    "You cannot create a durable subscriber without specifying a unique clientID on a Connection",
+                ))
+            }
+            _ => None,
+        };
+        let spec = ConsumerSpec {
+            id: consumer_id,
+            name: consumer_name(id_struct),
+            connection: self.connection,
+            prefetch: 0,
+            no_local: c.bool("noLocal"),
+            sink: Arc::new(Sink {
+                outbox: self.outbox.clone(),
+                ctx: ctx.clone(),
+            }),
+        };
+        let sub = self.broker.subscribe(&destination, spec, durable)?;
+        let queue = sub.queue.clone();
+        self.consumers.insert(
+            key,
+            ConsumerEntry {
+                ctx,
+                sub: Some(sub),
+                session,
+                delivered_upto: 0,
+            },
+        );
+        // The Response first, then messages.
+        self.respond(c).await;
+        queue.set_prefetch(consumer_id, prefetch);
+        Ok(Reply::Sent)
+    }
+
+    /// Sends a queue browser the messages waiting now, then the end marker.
+    async fn browse(&self, ctx: &Arc<ConsumerCtx>, destination: &Destination) {
+        let messages = match self.broker.find_queue(&destination.name) {
+            Some(q) => q.browse(),
+            None => Vec::new(),
+        };
+        let now = now_millis();
+        for (i, m) in messages.iter().enumerate() {
+            if m.is_expired(now) {
+                continue;
+            }
+            let dispatch = Struct::new(schema::MESSAGE_DISPATCH)
+                .with("consumerId", ctx.id_value.clone())
+                .with("destination", destination_value(&m.destination))
+                .with(
+                    "message",
+                    Value::obj(message_to_struct(m, 0, i as u64 + 1, now)),
+                );
+            self.send(dispatch).await;
+        }
+        self.send(Struct::new(schema::MESSAGE_DISPATCH).with("consumerId", ctx.id_value.clone()))
+            .await;
+    }
+
+    fn target(&mut self, d: &Destination) -> Result<Target, JmsError> {
+        if let Some(t) = self.targets.get(d) {
+            if t.is_live() {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.broker.resolve(d)?;
+        if self.targets.len() >= 1024 {
+            self.targets.clear();
+        }
+        self.targets.insert(d.clone(), t.clone());
+        Ok(t)
+    }
+
+    async fn on_message(&mut self, c: Struct) -> Result<Reply, JmsError> {
+        let message =
+            convert::message_from_struct(&c, self.connection).map_err(|e| JmsError::jms(e.0))?;
+        let target = self.target(&message.destination)?;
+        let message = Arc::new(message);
+        if let Some(tx) = c.fields[msg::TRANSACTION_ID].as_struct() {
+            let key = tx_key(tx);
+            let limit = self.settings.max_transaction_bytes;
+            let t = self.txs.get_mut(&key).ok_or_else(|| {
+                JmsError::new(
+                    "javax.jms.IllegalStateException",
+                    format!("Transaction '{key}' has not been started."),
+                )
+            })?;
+            t.bytes += message.memory_size();
+            if t.bytes > limit {
+                return Err(JmsError::new(
+                    "javax.jms.ResourceAllocationException",
+                    format!("Transaction '{key}' is over its size limit of {limit} bytes"),
+                ));
+            }
+            t.ops.push(TxOp::Send(target, message));
+            return Ok(Reply::Done);
+        }
+        let size = message.memory_size();
+        for q in target.send(message) {
+            // Producer flow control: the Response (or the next read) waits.
+            q.wait_for_space().await;
+        }
+        if !c.response_required() {
+            if let Some(pid) = c.fields[msg::PRODUCER_ID].as_struct() {
+                if self.producers.get(&id_string(pid)).is_some_and(|w| *w > 0) {
+                    let ack = Struct::new(schema::PRODUCER_ACK)
+                        .with("producerId", Value::obj(pid.clone()))
+                        .with("size", Value::Int(size as i32));
+                    self.send(ack).await;
+                }
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn on_ack(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let Some(key) = c.obj("consumerId").map(id_string) else {
+            return Ok(Reply::Done);
+        };
+        let Some(entry) = self.consumers.get_mut(&key) else {
+            debug!(consumer = %key, "ack for an unknown consumer ignored");
+            return Ok(Reply::Done);
+        };
+        let Some(sub) = &entry.sub else {
+            return Ok(Reply::Done); // browsed messages are not consumed
+        };
+        let seq_of = |name: &str| {
+            c.obj(name)
+                .map(|m| m.long("brokerSequenceId").max(0) as u64)
+        };
+        let Some(last) = seq_of("lastMessageId") else {
+            return Ok(Reply::Done);
+        };
+        let first = seq_of("firstMessageId").unwrap_or(last).min(last);
+        let queue = sub.queue.clone();
+        let consumer = sub.consumer_id;
+        let tx = c.obj("transactionId").map(tx_key);
+        let result = match c.byte("ackType") {
+            ack_type::DELIVERED | ack_type::REDELIVERED => {
+                entry.delivered_upto = entry.delivered_upto.max(last);
+                queue
+                    .ack_between(consumer, 0, last, AckAction::Hold)
+                    .map(|_| ())
+            }
+            ack_type::STANDARD | ack_type::INDIVIDUAL => {
+                entry.delivered_upto = entry.delivered_upto.max(last);
+                let from = if c.byte("ackType") == ack_type::STANDARD {
+                    0
+                } else {
+                    last
+                };
+                match tx {
+                    Some(tx) => {
+                        let t = self.txs.get_mut(&tx).ok_or_else(|| {
+                            JmsError::new(
+                                "javax.jms.IllegalStateException",
+                                format!("Transaction '{tx}' has not been started."),
+                            )
+                        })?;
+                        let seqs = queue
+                            .ack_between(consumer, from, last, AckAction::Hold)
+                            .unwrap_or_default();
+                        t.ops.push(TxOp::Ack {
+                            queue,
+                            consumer,
+                            seqs,
+                        });
+                        Ok(())
+                    }
+                    None => queue
+                        .ack_between(consumer, from, last, AckAction::Consume)
+                        .map(|_| ()),
+                }
+            }
+            ack_type::POISON => {
+                // Java's Throwable.toString(): "class: message".
+                let cause = match c.get("poisonCause") {
+                    Value::Exc(t) => Some(Arc::from(match (&t.class, &t.message) {
+                        (Some(cl), Some(m)) => format!("{cl}: {m}"),
+                        (Some(cl), None) => cl.clone(),
+                        (None, m) => m.clone().unwrap_or_default(),
+                    })),
+                    _ => None,
+                };
+                queue
+                    .poison_between(consumer, first, last, cause)
+                    .map(|_| ())
+            }
+            ack_type::UNMATCHED | ack_type::EXPIRED => queue
+                .ack_between(consumer, first, last, AckAction::Consume)
+                .map(|_| ()),
+            other => {
+                debug!(ack_type = other, "unknown ack type ignored");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            debug!(consumer = %key, error = %e, "ack did not match");
+        }
+        Ok(Reply::Done)
+    }
+
+    async fn on_pull(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let Some(key) = c.obj("consumerId").map(id_string) else {
+            return Ok(Reply::Done);
+        };
+        let Some(entry) = self.consumers.get(&key) else {
+            return Ok(Reply::Done);
+        };
+        let Some(sub) = &entry.sub else {
+            return Ok(Reply::Done);
+        };
+        if sub.queue.pull(sub.consumer_id) {
+            return Ok(Reply::Done);
+        }
+        match c.long("timeout") {
+            // receiveNoWait: say "nothing" at once.
+            t if t < 0 => {
+                if sub.queue.cancel_pull(sub.consumer_id) {
+                    let d = Struct::new(schema::MESSAGE_DISPATCH)
+                        .with("consumerId", entry.ctx.id_value.clone());
+                    self.send(d).await;
+                }
+            }
+            // receive(): wait as long as it takes.
+            0 => {}
+            t => {
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(t as u64)).await;
+                    let _ = internal.send(Internal::PullTimeout(key)).await;
+                });
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    async fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::PullTimeout(key) => {
+                let Some(entry) = self.consumers.get(&key) else {
+                    return;
+                };
+                if let Some(sub) = &entry.sub {
+                    if sub.queue.cancel_pull(sub.consumer_id) {
+                        let d = Struct::new(schema::MESSAGE_DISPATCH)
+                            .with("consumerId", entry.ctx.id_value.clone());
+                        self.send(d).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_remove(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let Some(object) = c.obj("objectId") else {
+            return Ok(Reply::Done);
+        };
+        let last_delivered = c.long("lastDeliveredSequenceId");
+        match object.type_id {
+            schema::CONSUMER_ID => {
+                let key = id_string(object);
+                match self.consumers.remove(&key) {
+                    Some(entry) => {
+                        let reported = (last_delivered >= 0).then_some(last_delivered as u64);
+                        self.end_consumer(entry, reported, false);
+                        Ok(Reply::Done)
+                    }
+                    None => Err(JmsError::jms(format!(
+                        "Cannot remove a consumer that had not been registered: {key}"
+                    ))),
+                }
+            }
+            schema::PRODUCER_ID => {
+                self.producers.remove(&id_string(object));
+                Ok(Reply::Done)
+            }
+            schema::SESSION_ID => {
+                let session = object.long("value");
+                let keys: Vec<String> = self
+                    .consumers
+                    .iter()
+                    .filter(|(_, e)| e.session == session)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in keys {
+                    if let Some(e) = self.consumers.remove(&k) {
+                        self.end_consumer(e, None, false);
+                    }
+                }
+                self.sessions.remove(&session);
+                Ok(Reply::Done)
+            }
+            schema::CONNECTION_ID => {
+                // The client still sends ShutdownInfo and closes the socket itself.
+                self.release(false);
+                Ok(Reply::Done)
+            }
+            _ => Ok(Reply::Done),
+        }
+    }
+
+    /// Ends a consumer. Its unacknowledged messages go back; those the client
+    /// handed to the application come back flagged redelivered.
+    fn end_consumer(&mut self, entry: ConsumerEntry, reported: Option<u64>, dropped: bool) {
+        let written = {
+            let mut w = entry.ctx.write_state();
+            w.closed = true;
+            w.last_written
+        };
+        if let Some(sub) = &entry.sub {
+            let delivered = match reported {
+                Some(r) => r.max(entry.delivered_upto),
+                // Unknown because the connection dropped: like ActiveMQ, count
+                // everything that reached the socket as delivered.
+                None if dropped => written,
+                None => entry.delivered_upto,
+            };
+            self.broker.unsubscribe(sub, delivered, false);
+        }
+    }
+
+    async fn on_transaction(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let key = c
+            .obj("transactionId")
+            .map(tx_key)
+            .ok_or_else(|| JmsError::jms("TransactionInfo without a transaction id"))?;
+        let missing = |key: &str| {
+            JmsError::new(
+                "javax.jms.IllegalStateException",
+                format!("Transaction '{key}' has not been started."),
+            )
+        };
+        match c.byte("type") {
+            tx_type::BEGIN => {
+                self.txs.entry(key).or_default();
+                Ok(Reply::Done)
+            }
+            tx_type::COMMIT_ONE_PHASE | tx_type::COMMIT_TWO_PHASE => {
+                let t = self.txs.remove(&key).ok_or_else(|| missing(&key))?;
+                let mut full: Vec<Arc<Queue>> = Vec::new();
+                for op in t.ops {
+                    match op {
+                        TxOp::Send(target, m) => full.extend(target.send(m)),
+                        TxOp::Ack {
+                            queue,
+                            consumer,
+                            seqs,
+                        } => queue.settle_held(consumer, &seqs, true),
+                    }
+                }
+                for q in full {
+                    q.wait_for_space().await;
+                }
+                Ok(Reply::Done)
+            }
+            tx_type::ROLLBACK => {
+                let t = self.txs.remove(&key).ok_or_else(|| missing(&key))?;
+                rollback(t);
+                Ok(Reply::Done)
+            }
+            tx_type::PREPARE => {
+                if !self.txs.contains_key(&key) {
+                    return Err(missing(&key));
+                }
+                Ok(Reply::With(
+                    Struct::new(schema::INTEGER_RESPONSE).with("result", Value::Int(0)),
+                ))
+            }
+            tx_type::RECOVER => Ok(Reply::With(
+                Struct::new(schema::DATA_ARRAY_RESPONSE).with("data", Value::Arr(Vec::new())),
+            )),
+            tx_type::END | tx_type::FORGET => Ok(Reply::Done),
+            other => Err(JmsError::jms(format!(
+                "Unknown transaction operation {other}"
+            ))),
+        }
+    }
+
+    fn on_destination_info(&mut self, c: &Struct) -> Result<Reply, JmsError> {
+        let Some(destination) = c.obj("destination").and_then(destination_from) else {
+            return Err(JmsError::new(
+                "javax.jms.InvalidDestinationException",
+                "DestinationInfo without a destination",
+            ));
+        };
+        let add = c.byte("operationType") == 0;
+        if destination.kind.is_temporary() {
+            if add {
+                let conn = self.connection_id.clone().unwrap_or_default();
+                self.broker
+                    .create_temp(&destination, self.connection, &conn);
+            } else {
+                self.broker.delete_temp(&destination)?;
+                self.targets.remove(&destination);
+            }
+        } else if add {
+            self.broker.target(&destination);
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Ends the connection's business with the core: transactions roll back,
+    /// consumers end, temporary destinations go, the client id is released.
+    /// `dropped` when the socket went without the client saying goodbye.
+    fn release(&mut self, dropped: bool) {
+        for (_, t) in self.txs.drain() {
+            rollback(t);
+        }
+        let entries: Vec<ConsumerEntry> = self.consumers.drain().map(|(_, e)| e).collect();
+        for e in entries {
+            self.end_consumer(e, None, dropped);
+        }
+        self.broker.delete_temps_of(self.connection);
+        if let Some(id) = self.client_id.take() {
+            self.broker.release_client_id(&id, self.connection);
+        }
+        self.connection_id = None;
+    }
+
+    /// The connection is over: release everything, stop deliveries.
+    fn close(&mut self) {
+        let dropped = !self.shutdown_requested;
+        self.release(dropped);
+        self.outbox.close();
+    }
+}
+
+fn rollback(t: Transaction) {
+    for op in t.ops {
+        if let TxOp::Ack {
+            queue,
+            consumer,
+            seqs,
+        } = op
+        {
+            queue.settle_held(consumer, &seqs, false);
+        }
+    }
+}
+
+fn connection_id_value(id: &str) -> Value {
+    Value::obj(Struct::new(schema::CONNECTION_ID).with("value", Value::str(id)))
+}
+
+/// A transaction id as a map key.
+fn tx_key(tx: &Struct) -> String {
+    match tx.type_id {
+        schema::LOCAL_TRANSACTION_ID => {
+            let conn = tx
+                .obj("connectionId")
+                .and_then(|c| c.str("value"))
+                .unwrap_or_default();
+            format!("TX:{conn}:{}", tx.long("value"))
+        }
+        _ => format!("XID:{:?}", tx.fields),
+    }
+}
+
+const WRITE_BATCH: usize = 256;
+
+/// The writer task: sends our WireFormatInfo at once, then every frame the
+/// session queues and every delivery the core dispatches.
+async fn writer(
+    mut sock: OwnedWriteHalf,
+    ours: WireFormatInfo,
+    mut control: mpsc::Receiver<Ctl>,
+    outbox: Arc<Outbox<Out>>,
+    token: CancellationToken,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    if encode_wire_format_info(&ours, &mut buf).is_err() || sock.write_all(&buf).await.is_err() {
+        token.cancel();
+        return;
+    }
+    buf.clear();
+    let mut frames: Option<FrameWriter> = None;
+    let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
+    let mut keep_alive: Option<tokio::time::Interval> = None;
+    let mut keep_alive_period = Duration::ZERO;
+    let mut last_write = Instant::now();
+    let mut control_open = true;
+    let keep_alive_frame = Struct::new(schema::KEEP_ALIVE_INFO);
+    loop {
+        if outbox.is_empty() || frames.is_none() {
+            tokio::select! {
+                biased;
+                ctl = control.recv(), if control_open => match ctl {
+                    Some(ctl) => handle_ctl(ctl, &mut frames, &mut buf, &mut keep_alive, &mut keep_alive_period),
+                    None => control_open = false,
+                },
+                _ = outbox.ready(), if frames.is_some() => {}
+                _ = async { keep_alive.as_mut().expect("guarded").tick().await }, if keep_alive.is_some() => {
+                    if last_write.elapsed() >= keep_alive_period.mul_f64(0.9) {
+                        if let Some(f) = frames.as_mut() {
+                            let _ = f.encode(&keep_alive_frame, &mut buf);
+                        }
+                    }
+                }
+                _ = token.cancelled(), if control_open => control.close(),
+            }
+        }
+        if !control_open && buf.is_empty() && (outbox.is_empty() || frames.is_none()) {
+            break;
+        }
+        while buf.len() < 256 * 1024 {
+            match control.try_recv() {
+                Ok(ctl) => handle_ctl(
+                    ctl,
+                    &mut frames,
+                    &mut buf,
+                    &mut keep_alive,
+                    &mut keep_alive_period,
+                ),
+                Err(_) => break,
+            }
+        }
+        if let Some(f) = frames.as_mut() {
+            outbox.drain_into(&mut batch, WRITE_BATCH);
+            let now = now_millis();
+            for (ctx, delivery) in batch.drain(..) {
+                {
+                    let mut w = ctx.write_state();
+                    if w.closed {
+                        continue;
+                    }
+                    w.last_written = delivery.seq;
+                }
+                let m = &delivery.message;
+                let dispatch = Struct::new(schema::MESSAGE_DISPATCH)
+                    .with("consumerId", ctx.id_value.clone())
+                    .with("destination", destination_value(&m.destination))
+                    .with(
+                        "message",
+                        Value::obj(message_to_struct(
+                            m,
+                            delivery.redelivery_count,
+                            delivery.seq,
+                            now,
+                        )),
+                    )
+                    .with(
+                        "redeliveryCounter",
+                        Value::Int(delivery.redelivery_count as i32),
+                    );
+                if let Err(e) = f.encode(&dispatch, &mut buf) {
+                    warn!(error = %e, "cannot encode a dispatch");
+                }
+                if buf.len() >= 256 * 1024 {
+                    if sock.write_all(&buf).await.is_err() {
+                        token.cancel();
+                        return;
+                    }
+                    buf.clear();
+                }
+            }
+        }
+        if !buf.is_empty() {
+            if sock.write_all(&buf).await.is_err() {
+                token.cancel();
+                return;
+            }
+            buf.clear();
+            last_write = Instant::now();
+        }
+    }
+    let _ = sock.shutdown().await;
+}
+
+fn handle_ctl(
+    ctl: Ctl,
+    frames: &mut Option<FrameWriter>,
+    buf: &mut Vec<u8>,
+    keep_alive: &mut Option<tokio::time::Interval>,
+    keep_alive_period: &mut Duration,
+) {
+    match ctl {
+        Ctl::Negotiated(n) => {
+            *frames = Some(FrameWriter::new(n.format));
+            if n.max_inactivity_ms > 0 {
+                let period = Duration::from_millis((n.max_inactivity_ms / 3).max(1) as u64);
+                let start = Instant::now()
+                    + Duration::from_millis(n.initial_delay_ms.max(0) as u64).min(period);
+                let mut i = tokio::time::interval_at(start, period);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                *keep_alive = Some(i);
+                *keep_alive_period = period;
+            }
+        }
+        Ctl::Frame(s) => match frames.as_mut() {
+            Some(f) => {
+                if let Err(e) = f.encode(&s, buf) {
+                    warn!(error = %e, command = schema::type_name(s.type_id), "cannot encode a command");
+                }
+            }
+            None => warn!(
+                command = schema::type_name(s.type_id),
+                "frame before negotiation dropped"
+            ),
+        },
+    }
+}
