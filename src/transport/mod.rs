@@ -212,7 +212,11 @@ async fn serve_connection(
         ListenerKind::Stomp => Sniffed::Stomp,
         ListenerKind::OpenWire => Sniffed::OpenWire,
         ListenerKind::Auto => {
-            let deadline = tokio::time::Instant::now() + settings.stomp.connect_timeout;
+            let wait = settings
+                .stomp
+                .connect_timeout
+                .min(settings.openwire.handshake_timeout);
+            let deadline = tokio::time::Instant::now() + wait;
             loop {
                 match sniff(&prefix) {
                     Sniffed::NeedMore => {}
