@@ -11,6 +11,7 @@ pub mod bstr;
 pub mod config;
 pub mod openwire;
 pub mod stomp;
+pub mod store;
 pub mod transport;
 
 pub use config::Config;

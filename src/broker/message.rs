@@ -118,6 +118,8 @@ pub struct Message {
     pub advisory: Option<Arc<Advisory>>,
     /// A JMS text message whose text is null (not empty).
     pub null_body: bool,
+    /// Its id in the persistent store; 0 when it is not stored.
+    pub store_id: u64,
 }
 
 /// The subject of an advisory message; protocols render it (OpenWire as the
@@ -166,6 +168,7 @@ impl Message {
             original_destination: None,
             advisory: None,
             null_body: false,
+            store_id: 0,
         }
     }
 

@@ -1,0 +1,885 @@
+//! Persistence: persistent messages, durable subscriptions and their
+//! acknowledgements survive a restart or a `kill -9`.
+//!
+//! [`Store`] is the core's view: submit operations, await their durability.
+//! Behind it one writer thread owns the [`journal::Journal`] and the index of
+//! what is still live, so nothing here takes a lock per message besides the
+//! hand-off queue:
+//!
+//! * every submission waiting when the thread wakes is written with one
+//!   `write` and made durable with one `fsync` (group commit), then each
+//!   waiter is told;
+//! * a submission of several operations is one `Tx` record, so a committed
+//!   transaction is in the journal whole or not at all;
+//! * a message sent to a topic is stored once, with the durable
+//!   subscriptions it is for; each subscription's acknowledgement removes
+//!   itself from that set;
+//! * segments whose records are all dead are deleted oldest first, and when
+//!   the journal has grown past a few segments the oldest one's live records
+//!   are copied forward (compaction) so that one slow message cannot pin the
+//!   whole history.
+
+pub mod codec;
+pub mod journal;
+
+use crate::broker::destination::Destination;
+use crate::broker::message::Message;
+use bytes::{BufMut, Bytes};
+use codec::{decode_message, encode_message, put_bytes, put_destination, Cursor};
+use journal::{Faults, Journal, JournalError, Location, RawRecord};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+use tracing::{error, info, warn};
+
+/// When the journal is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync before any send is confirmed (KahaDB's `always`).
+    Always,
+    /// fsync at most this often; sends are confirmed once written
+    /// (KahaDB's `periodic`).
+    Periodic(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub segment_size: u64,
+    pub max_record: usize,
+    pub sync: SyncPolicy,
+    /// Bytes the journal may use; above it, persistent sends wait or fail.
+    pub limit: u64,
+    /// Compact once there are more segments than this.
+    pub compact_after_segments: usize,
+    pub faults: Faults,
+}
+
+impl StoreConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        StoreConfig {
+            dir,
+            segment_size: 32 * 1024 * 1024,
+            max_record: 128 * 1024 * 1024,
+            sync: SyncPolicy::Always,
+            limit: 100 * 1024 * 1024 * 1024,
+            compact_after_segments: 4,
+            faults: Faults::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("persistent store write failed: {0}")]
+    Io(String),
+    #[error("the persistent store is closed")]
+    Closed,
+    #[error("the persistent store is over its limit of {0} bytes")]
+    Full(u64),
+}
+
+/// What the broker asks the store to record.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// A persistent message, for a queue (`subs` empty) or for the durable
+    /// subscriptions of a topic (`subs`).
+    Add {
+        id: u64,
+        destination: Destination,
+        subs: Vec<u64>,
+        message: Arc<Message>,
+    },
+    /// A queue's message was consumed (or a topic message dropped entirely).
+    Remove {
+        id: u64,
+    },
+    /// A durable subscription consumed a topic message.
+    SubAck {
+        sub: u64,
+        id: u64,
+    },
+    SubAdd {
+        sub: u64,
+        client_id: Arc<str>,
+        name: Arc<str>,
+        topic: Destination,
+        no_local: bool,
+    },
+    SubRemove {
+        sub: u64,
+    },
+}
+
+mod kind {
+    pub const ADD: u8 = 1;
+    pub const REMOVE: u8 = 2;
+    pub const SUB_ACK: u8 = 3;
+    pub const SUB_ADD: u8 = 4;
+    pub const SUB_REMOVE: u8 = 5;
+    pub const TX: u8 = 6;
+}
+
+fn encode_op(op: &Op, out: &mut Vec<u8>) -> u8 {
+    match op {
+        Op::Add {
+            id,
+            destination,
+            subs,
+            message,
+        } => {
+            out.put_u64_le(*id);
+            put_destination(out, destination);
+            out.put_u32_le(subs.len() as u32);
+            for s in subs {
+                out.put_u64_le(*s);
+            }
+            encode_message(out, message);
+            kind::ADD
+        }
+        Op::Remove { id } => {
+            out.put_u64_le(*id);
+            kind::REMOVE
+        }
+        Op::SubAck { sub, id } => {
+            out.put_u64_le(*sub);
+            out.put_u64_le(*id);
+            kind::SUB_ACK
+        }
+        Op::SubAdd {
+            sub,
+            client_id,
+            name,
+            topic,
+            no_local,
+        } => {
+            out.put_u64_le(*sub);
+            put_bytes(out, client_id.as_bytes());
+            put_bytes(out, name.as_bytes());
+            put_destination(out, topic);
+            out.put_u8(*no_local as u8);
+            kind::SUB_ADD
+        }
+        Op::SubRemove { sub } => {
+            out.put_u64_le(*sub);
+            kind::SUB_REMOVE
+        }
+    }
+}
+
+fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
+    let mut c = Cursor::new(payload);
+    Ok(match kind {
+        kind::ADD => {
+            let id = c.u64()?;
+            let destination = c.destination()?;
+            let n = c.u32()? as usize;
+            let mut subs = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                subs.push(c.u64()?);
+            }
+            let mut message = decode_message(&mut c)?;
+            message.store_id = id;
+            Op::Add {
+                id,
+                destination,
+                subs,
+                message: Arc::new(message),
+            }
+        }
+        kind::REMOVE => Op::Remove { id: c.u64()? },
+        kind::SUB_ACK => Op::SubAck {
+            sub: c.u64()?,
+            id: c.u64()?,
+        },
+        kind::SUB_ADD => Op::SubAdd {
+            sub: c.u64()?,
+            client_id: Arc::from(c.str()?.as_str()),
+            name: Arc::from(c.str()?.as_str()),
+            topic: c.destination()?,
+            no_local: c.u8()? != 0,
+        },
+        kind::SUB_REMOVE => Op::SubRemove { sub: c.u64()? },
+        _ => return Err(codec::DecodeError("record kind")),
+    })
+}
+
+fn decode_record(kind: u8, payload: &Bytes) -> Result<Vec<Op>, codec::DecodeError> {
+    if kind != kind::TX {
+        return Ok(vec![decode_op(kind, payload)?]);
+    }
+    let mut c = Cursor::new(payload);
+    let n = c.u32()? as usize;
+    let mut ops = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let k = c.u8()?;
+        let p = c.bytes()?;
+        ops.push(decode_op(k, &p)?);
+    }
+    Ok(ops)
+}
+
+/// A durable subscription found on recovery.
+#[derive(Clone, Debug)]
+pub struct RecoveredSub {
+    pub sub: u64,
+    pub client_id: Arc<str>,
+    pub name: Arc<str>,
+    pub topic: Destination,
+    pub no_local: bool,
+}
+
+/// Everything live in the journal at start-up, in store order.
+#[derive(Default)]
+pub struct Recovered {
+    pub subs: Vec<RecoveredSub>,
+    /// (destination, durable subscriptions still owed it, message), oldest first.
+    pub messages: Vec<(Destination, Vec<u64>, Arc<Message>)>,
+    pub took: Duration,
+}
+
+/// What the index knows of a live message.
+struct Live {
+    at: Location,
+    /// Durable subscriptions still owed a topic message; `None` for a queue's.
+    subs: Option<HashSet<u64>>,
+}
+
+/// The live records, by where they are.
+#[derive(Default)]
+struct Index {
+    messages: HashMap<u64, Live>,
+    subs: HashMap<u64, Location>,
+    live_per_segment: BTreeMap<u64, usize>,
+}
+
+impl Index {
+    fn live(&mut self, seg: u64, delta: isize) {
+        let e = self.live_per_segment.entry(seg).or_insert(0);
+        *e = (*e as isize + delta).max(0) as usize;
+    }
+
+    fn apply(&mut self, op: &Op, at: Location) {
+        match op {
+            Op::Add {
+                id,
+                subs,
+                destination,
+                ..
+            } => {
+                let subs = (!destination.is_queue()).then(|| subs.iter().copied().collect());
+                if let Some(old) = self.messages.insert(*id, Live { at, subs }) {
+                    self.live(old.at.segment, -1);
+                }
+                self.live(at.segment, 1);
+            }
+            Op::Remove { id } => {
+                if let Some(old) = self.messages.remove(id) {
+                    self.live(old.at.segment, -1);
+                }
+            }
+            Op::SubAck { sub, id } => {
+                let done = match self.messages.get_mut(id) {
+                    Some(Live { subs: Some(s), .. }) => {
+                        s.remove(sub);
+                        s.is_empty()
+                    }
+                    _ => false,
+                };
+                if done {
+                    if let Some(old) = self.messages.remove(id) {
+                        self.live(old.at.segment, -1);
+                    }
+                }
+            }
+            Op::SubAdd { sub, .. } => {
+                if let Some(old) = self.subs.insert(*sub, at) {
+                    self.live(old.segment, -1);
+                }
+                self.live(at.segment, 1);
+            }
+            Op::SubRemove { sub } => {
+                if let Some(old) = self.subs.remove(sub) {
+                    self.live(old.segment, -1);
+                }
+                let mut emptied = Vec::new();
+                for (id, l) in self.messages.iter_mut() {
+                    if let Some(s) = &mut l.subs {
+                        if s.remove(sub) && s.is_empty() {
+                            emptied.push(*id);
+                        }
+                    }
+                }
+                for id in emptied {
+                    if let Some(old) = self.messages.remove(&id) {
+                        self.live(old.at.segment, -1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Submission {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    queue: Vec<Submission>,
+    closed: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Bytes of journal on disk.
+    usage: AtomicU64,
+    limit: u64,
+    /// Woken when usage falls (segments deleted).
+    space: Notify,
+    stopped: AtomicBool,
+    /// Counters for tests and the README's figures.
+    stats: StoreStats,
+}
+
+#[derive(Default, Debug)]
+pub struct StoreStats {
+    pub fsyncs: AtomicU64,
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub compactions: AtomicU64,
+}
+
+pub struct Store {
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens the journal, replays it, and starts the writer thread.
+    pub fn open(config: StoreConfig) -> Result<(Arc<Store>, Recovered), JournalError> {
+        let started = Instant::now();
+        let (journal, records) = Journal::open(
+            &config.dir,
+            config.segment_size,
+            config.max_record,
+            config.faults.clone(),
+        )?;
+        let (index, mut recovered, max_id) = replay(records);
+        recovered.took = started.elapsed();
+        info!(
+            messages = recovered.messages.len(),
+            durable_subscriptions = recovered.subs.len(),
+            segments = journal.segments().len(),
+            took_ms = recovered.took.as_millis() as u64,
+            "journal recovered"
+        );
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            usage: AtomicU64::new(journal.disk_usage()),
+            limit: config.limit,
+            space: Notify::new(),
+            stopped: AtomicBool::new(false),
+            stats: StoreStats::default(),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferromq-journal".into())
+            .spawn(move || Writer::new(journal, index, config, thread_shared).run())
+            .map_err(JournalError::Io)?;
+        Ok((
+            Arc::new(Store {
+                shared,
+                next_id: AtomicU64::new(max_id + 1),
+                thread: Mutex::new(Some(thread)),
+            }),
+            recovered,
+        ))
+    }
+
+    /// A new store id (message or durable subscription).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, ops: Vec<Op>, done: Option<oneshot::Sender<Result<(), StoreError>>>) {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if p.closed {
+            if let Some(d) = done {
+                let _ = d.send(Err(StoreError::Closed));
+            }
+            return;
+        }
+        let was_empty = p.queue.is_empty();
+        p.queue.push(Submission { ops, done });
+        drop(p);
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Records `ops` atomically; resolves once they are durable (or failed).
+    pub async fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(ops, Some(tx));
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Records `ops` without waiting (acknowledgements): they are ordered
+    /// after everything submitted before.
+    pub fn submit(&self, ops: Vec<Op>) {
+        if !ops.is_empty() {
+            self.enqueue(ops, None);
+        }
+    }
+
+    /// Resolves when everything submitted so far is durable.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.write(Vec::new()).await
+    }
+
+    pub fn usage(&self) -> u64 {
+        self.shared.usage.load(Ordering::Relaxed)
+    }
+
+    pub fn over_limit(&self) -> bool {
+        self.usage() >= self.shared.limit
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.shared.limit
+    }
+
+    /// Waits until the journal is below its limit again.
+    pub async fn wait_for_space(&self) {
+        loop {
+            let notified = self.shared.space.notified();
+            if !self.over_limit() || self.shared.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.shared.stats
+    }
+
+    /// Writes and syncs what is pending, then stops the writer thread.
+    pub fn close(&self) {
+        {
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            p.closed = true;
+        }
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Rebuilds the live state from the journal's records.
+fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
+    let mut index = Index::default();
+    let mut messages: BTreeMap<u64, (Destination, Arc<Message>)> = BTreeMap::new();
+    let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
+    let mut max_id = 0u64;
+    for r in records {
+        let ops = match decode_record(r.kind, &r.payload) {
+            Ok(ops) => ops,
+            Err(e) => {
+                // A record that passed its checksum but does not decode was
+                // written by something else; do not guess.
+                error!(segment = r.location.segment, offset = r.location.offset, error = %e, "undecodable journal record skipped");
+                continue;
+            }
+        };
+        for op in ops {
+            match &op {
+                Op::Add {
+                    id,
+                    destination,
+                    message,
+                    ..
+                } => {
+                    max_id = max_id.max(*id);
+                    messages.insert(*id, (destination.clone(), message.clone()));
+                }
+                Op::SubAdd {
+                    sub,
+                    client_id,
+                    name,
+                    topic,
+                    no_local,
+                } => {
+                    max_id = max_id.max(*sub);
+                    subs.insert(
+                        *sub,
+                        RecoveredSub {
+                            sub: *sub,
+                            client_id: client_id.clone(),
+                            name: name.clone(),
+                            topic: topic.clone(),
+                            no_local: *no_local,
+                        },
+                    );
+                }
+                Op::SubRemove { sub } => {
+                    subs.remove(sub);
+                }
+                _ => {}
+            }
+            index.apply(&op, r.location);
+            if let Op::Remove { id } | Op::SubAck { id, .. } = &op {
+                if !index.messages.contains_key(id) {
+                    messages.remove(id);
+                }
+            }
+        }
+    }
+    messages.retain(|id, _| index.messages.contains_key(id));
+    let recovered = Recovered {
+        subs: subs.into_values().collect(),
+        messages: messages
+            .into_iter()
+            .map(|(id, (d, m))| {
+                let owed = index.messages[&id]
+                    .subs
+                    .as_ref()
+                    .map(|s| {
+                        let mut v: Vec<u64> = s.iter().copied().collect();
+                        v.sort_unstable();
+                        v
+                    })
+                    .unwrap_or_default();
+                (d, owed, m)
+            })
+            .collect(),
+        took: Duration::ZERO,
+    };
+    (index, recovered, max_id)
+}
+
+/// The writer thread's state.
+struct Writer {
+    journal: Journal,
+    index: Index,
+    config: StoreConfig,
+    shared: Arc<Shared>,
+    last_sync: Instant,
+    dirty: bool,
+}
+
+impl Writer {
+    fn new(journal: Journal, index: Index, config: StoreConfig, shared: Arc<Shared>) -> Self {
+        Writer {
+            journal,
+            index,
+            config,
+            shared,
+            last_sync: Instant::now(),
+            dirty: false,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let (batch, closed) = {
+                let mut p = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                while p.queue.is_empty() && !p.closed {
+                    p = match self.config.sync {
+                        SyncPolicy::Periodic(every) if self.dirty => {
+                            let (mut p, _) = self
+                                .shared
+                                .wake
+                                .wait_timeout(p, every)
+                                .unwrap_or_else(|e| e.into_inner());
+                            if p.queue.is_empty() {
+                                drop(p);
+                                self.periodic_sync();
+                                p = self
+                                    .shared
+                                    .pending
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner());
+                            }
+                            p
+                        }
+                        _ => self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner()),
+                    };
+                }
+                (std::mem::take(&mut p.queue), p.closed)
+            };
+            if !batch.is_empty() {
+                self.write_batch(batch);
+            }
+            if closed {
+                if self.dirty {
+                    let _ = self.journal.sync();
+                }
+                self.shared.stopped.store(true, Ordering::Relaxed);
+                self.shared.space.notify_waiters();
+                return;
+            }
+        }
+    }
+
+    fn periodic_sync(&mut self) {
+        if self.dirty && self.journal.sync().is_ok() {
+            self.dirty = false;
+            self.last_sync = Instant::now();
+            self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<Submission>) {
+        let mut placed: Vec<(Op, Location)> = Vec::new();
+        let mut result = Ok(());
+        let mut scratch = Vec::with_capacity(4096);
+        for s in &batch {
+            if s.ops.is_empty() {
+                continue;
+            }
+            scratch.clear();
+            let kind = if s.ops.len() == 1 {
+                encode_op(&s.ops[0], &mut scratch)
+            } else {
+                scratch.put_u32_le(s.ops.len() as u32);
+                let mut one = Vec::new();
+                for op in &s.ops {
+                    one.clear();
+                    let k = encode_op(op, &mut one);
+                    scratch.put_u8(k);
+                    put_bytes(&mut scratch, &one);
+                }
+                kind::TX
+            };
+            match self.journal.append(kind, &scratch) {
+                Ok(at) => placed.extend(s.ops.iter().map(|op| (op.clone(), at))),
+                Err(e) => {
+                    result = Err(StoreError::Io(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self
+                .journal
+                .flush()
+                .map_err(|e| StoreError::Io(e.to_string()));
+        } else {
+            self.journal.discard();
+        }
+        if result.is_ok() && !placed.is_empty() {
+            self.dirty = true;
+            let sync_now = match self.config.sync {
+                SyncPolicy::Always => true,
+                SyncPolicy::Periodic(every) => self.last_sync.elapsed() >= every,
+            };
+            if sync_now {
+                result = self
+                    .journal
+                    .sync()
+                    .map_err(|e| StoreError::Io(e.to_string()));
+                if result.is_ok() {
+                    self.dirty = false;
+                    self.last_sync = Instant::now();
+                    self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Err(e) = &result {
+            // Nothing of this batch is confirmed. What was written but not
+            // synced may still reach the disk; it only holds sends nobody was
+            // told about and acks the broker still honours in memory.
+            warn!(error = %e, "journal batch failed");
+        } else {
+            self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .records
+                .fetch_add(placed.len() as u64, Ordering::Relaxed);
+            for (op, at) in &placed {
+                self.index.apply(op, *at);
+            }
+        }
+        for s in batch {
+            if let Some(done) = s.done {
+                let _ = done.send(result.clone());
+            }
+        }
+        if result.is_ok() {
+            self.collect_garbage();
+        }
+        self.shared
+            .usage
+            .store(self.journal.disk_usage(), Ordering::Relaxed);
+    }
+
+    /// Deletes the oldest segments while nothing in them is live, then
+    /// compacts the oldest one if the journal has grown long.
+    fn collect_garbage(&mut self) {
+        let mut deleted = false;
+        loop {
+            let Some((&oldest, _)) = self.journal.segments().iter().next() else {
+                break;
+            };
+            if oldest == self.journal.head_segment() {
+                break;
+            }
+            if self
+                .index
+                .live_per_segment
+                .get(&oldest)
+                .copied()
+                .unwrap_or(0)
+                > 0
+            {
+                if self.journal.segments().len() > self.config.compact_after_segments {
+                    if let Err(e) = self.compact(oldest) {
+                        warn!(segment = oldest, error = %e, "journal compaction failed");
+                        break;
+                    }
+                    continue;
+                }
+                break;
+            }
+            match self.journal.delete_segment(oldest) {
+                Ok(()) => {
+                    self.index.live_per_segment.remove(&oldest);
+                    self.shared
+                        .stats
+                        .segments_deleted
+                        .fetch_add(1, Ordering::Relaxed);
+                    deleted = true;
+                }
+                Err(e) => {
+                    warn!(segment = oldest, error = %e, "cannot delete a journal segment");
+                    break;
+                }
+            }
+        }
+        if deleted {
+            self.shared
+                .usage
+                .store(self.journal.disk_usage(), Ordering::Relaxed);
+            self.shared.space.notify_waiters();
+        }
+    }
+
+    /// Copies the live records of segment `seg` to the head, so it can go.
+    fn compact(&mut self, seg: u64) -> Result<(), JournalError> {
+        let messages: Vec<u64> = self
+            .index
+            .messages
+            .iter()
+            .filter(|(_, l)| l.at.segment == seg)
+            .map(|(id, _)| *id)
+            .collect();
+        let subs: Vec<u64> = self
+            .index
+            .subs
+            .iter()
+            .filter(|(_, at)| at.segment == seg)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut copied: Vec<(Op, Location)> = Vec::new();
+        let mut scratch = Vec::new();
+        for id in messages {
+            let at = self.index.messages[&id].at;
+            let (kind, payload) = self.journal.read(at)?;
+            let ops = decode_record(kind, &payload).map_err(|e| JournalError::Corrupt {
+                file: self.config.dir.clone(),
+                offset: at.offset,
+                reason: e.to_string(),
+            })?;
+            let Some(Op::Add {
+                destination,
+                message,
+                ..
+            }) = ops
+                .into_iter()
+                .find(|op| matches!(op, Op::Add { id: i, .. } if *i == id))
+            else {
+                continue;
+            };
+            let subs = match &self.index.messages[&id].subs {
+                Some(s) => {
+                    let mut v: Vec<u64> = s.iter().copied().collect();
+                    v.sort_unstable();
+                    v
+                }
+                None => Vec::new(),
+            };
+            let op = Op::Add {
+                id,
+                destination,
+                subs,
+                message,
+            };
+            scratch.clear();
+            let k = encode_op(&op, &mut scratch);
+            let new_at = self.journal.append(k, &scratch)?;
+            copied.push((op, new_at));
+        }
+        for sub in subs {
+            let at = self.index.subs[&sub];
+            let (kind, payload) = self.journal.read(at)?;
+            let Ok(ops) = decode_record(kind, &payload) else {
+                continue;
+            };
+            for op in ops {
+                if matches!(op, Op::SubAdd { sub: s, .. } if s == sub) {
+                    scratch.clear();
+                    let k = encode_op(&op, &mut scratch);
+                    let new_at = self.journal.append(k, &scratch)?;
+                    copied.push((op, new_at));
+                }
+            }
+        }
+        self.journal.flush()?;
+        self.journal.sync()?;
+        for (op, at) in &copied {
+            self.index.apply(op, *at);
+        }
+        self.shared
+            .stats
+            .compactions
+            .fetch_add(1, Ordering::Relaxed);
+        info!(
+            segment = seg,
+            records = copied.len(),
+            "journal segment compacted"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+use super::*;
+use crate::broker::message::{BodyKind, MessageId};
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir.to_path_buf());
+    c.segment_size = 64 * 1024;
+    c
+}
+
+fn msg(id: u64, dest: &Destination, body: &str) -> Arc<Message> {
+    let mut m = Message::new(
+        MessageId {
+            producer: Arc::from("ID:t-1:1:1"),
+            seq: id,
+        },
+        dest.clone(),
+        BodyKind::Text,
+        Bytes::from(body.to_string()),
+    );
+    m.persistent = true;
+    m.store_id = id;
+    Arc::new(m)
+}
+
+fn add(store: &Store, dest: &Destination, body: &str, subs: Vec<u64>) -> Op {
+    let id = store.next_id();
+    Op::Add {
+        id,
+        destination: dest.clone(),
+        subs,
+        message: msg(id, dest, body),
+    }
+}
+
+fn bodies(r: &Recovered) -> Vec<String> {
+    r.messages
+        .iter()
+        .map(|(_, _, m)| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn queue_messages_survive_a_restart_until_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    rt().block_on(async {
+        let (store, r) = Store::open(config(dir.path())).unwrap();
+        assert!(r.messages.is_empty());
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let op = add(&store, &q, &format!("m{i}"), vec![]);
+            if let Op::Add { id, .. } = &op {
+                ids.push(*id);
+            }
+            store.write(vec![op]).await.unwrap();
+        }
+        store.submit(vec![Op::Remove { id: ids[1] }]);
+        store.barrier().await.unwrap();
+        store.close();
+    });
+    let (store, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(bodies(&r), ["m0", "m2", "m3", "m4"]);
+    assert!(r
+        .messages
+        .iter()
+        .all(|(_, _, m)| m.store_id > 0 && m.persistent));
+    // New ids continue after the recovered ones.
+    assert!(store.next_id() > r.messages.last().unwrap().2.store_id);
+}
+
+#[test]
+fn a_topic_message_is_stored_once_for_its_durable_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Destination::topic("t");
+    let (s1, s2) = rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        let s1 = store.next_id();
+        let s2 = store.next_id();
+        for (sub, name) in [(s1, "a"), (s2, "b")] {
+            store
+                .write(vec![Op::SubAdd {
+                    sub,
+                    client_id: Arc::from("c"),
+                    name: Arc::from(name),
+                    topic: t.clone(),
+                    no_local: false,
+                }])
+                .await
+                .unwrap();
+        }
+        let op = add(&store, &t, "both", vec![s1, s2]);
+        let Op::Add { id, .. } = op else {
+            unreachable!()
+        };
+        store.write(vec![op]).await.unwrap();
+        let before = store.stats().records.load(Ordering::Relaxed);
+        store.write(vec![Op::SubAck { sub: s1, id }]).await.unwrap();
+        assert_eq!(store.stats().records.load(Ordering::Relaxed), before + 1);
+        store.close();
+        (s1, s2)
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(r.subs.len(), 2);
+    assert_eq!(r.messages.len(), 1);
+    assert_eq!(
+        r.messages[0].1,
+        vec![s2],
+        "only the subscription that has not acked"
+    );
+    // One Add record holds the body once.
+    let journal_bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(journal_bytes < 1024);
+}
+
+#[test]
+fn a_transaction_is_all_or_nothing_even_when_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        store
+            .write(vec![add(&store, &q, "before", vec![])])
+            .await
+            .unwrap();
+        let tx = vec![
+            add(&store, &q, "tx1", vec![]),
+            add(&store, &q, "tx2", vec![]),
+            add(&store, &q, "tx3", vec![]),
+        ];
+        store.write(tx).await.unwrap();
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(bodies(&r), ["before", "tx1", "tx2", "tx3"]);
+    drop(r);
+    // Tear the transaction record anywhere: none of it comes back.
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let full = std::fs::read(&seg).unwrap();
+    let tx_start = full.windows(3).position(|w| w == b"tx1").unwrap() - 80;
+    for cut in [tx_start + 40, full.len() - 1, full.len() - 10] {
+        std::fs::write(&seg, &full[..cut]).unwrap();
+        let (_, r) = Store::open(config(dir.path())).unwrap();
+        assert_eq!(bodies(&r), ["before"], "cut at {cut}");
+        std::fs::write(&seg, &full).unwrap();
+    }
+}
+
+#[test]
+fn group_commit_shares_fsyncs_between_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        let mut tasks = Vec::new();
+        for w in 0..16 {
+            let store = store.clone();
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let op = add(&store, &q, &format!("{w}-{i}"), vec![]);
+                    store.write(vec![op]).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let fsyncs = store.stats().fsyncs.load(Ordering::Relaxed);
+        let records = store.stats().records.load(Ordering::Relaxed);
+        assert_eq!(records, 400);
+        assert!(
+            fsyncs < records / 2,
+            "{fsyncs} fsyncs for {records} records"
+        );
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(r.messages.len(), 400);
+}
+
+#[test]
+fn write_and_fsync_failures_are_never_confirmed_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let mut cfg = config(dir.path());
+    let faults = cfg.faults.clone();
+    cfg.faults = faults.clone();
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg.clone()).unwrap();
+        store
+            .write(vec![add(&store, &q, "ok1", vec![])])
+            .await
+            .unwrap();
+        faults.fail_writes.store(true, Ordering::Relaxed);
+        assert!(store
+            .write(vec![add(&store, &q, "lost-write", vec![])])
+            .await
+            .is_err());
+        faults.fail_writes.store(false, Ordering::Relaxed);
+        faults.fail_syncs.store(true, Ordering::Relaxed);
+        assert!(store
+            .write(vec![add(&store, &q, "unsynced", vec![])])
+            .await
+            .is_err());
+        faults.fail_syncs.store(false, Ordering::Relaxed);
+        store
+            .write(vec![add(&store, &q, "ok2", vec![])])
+            .await
+            .unwrap();
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    let got = bodies(&r);
+    // A failed write leaves nothing; an fsync failure may or may not have
+    // reached the disk, but it was never confirmed.
+    assert_eq!(got.first().map(String::as_str), Some("ok1"));
+    assert_eq!(got.last().map(String::as_str), Some("ok2"));
+    assert!(!got.contains(&"lost-write".to_string()));
+}
+
+#[test]
+fn consumed_segments_are_deleted_and_compaction_keeps_exactly_the_live_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let body = "x".repeat(2000);
+    let keep = rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        // One old message stays; thousands come and go after it.
+        let first = add(&store, &q, "the slow one", vec![]);
+        let Op::Add { id: keep, .. } = first else {
+            unreachable!()
+        };
+        store.write(vec![first]).await.unwrap();
+        for _ in 0..300 {
+            let op = add(&store, &q, &body, vec![]);
+            let Op::Add { id, .. } = op else {
+                unreachable!()
+            };
+            store.write(vec![op]).await.unwrap();
+            store.write(vec![Op::Remove { id }]).await.unwrap();
+        }
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(
+            segments <= 6,
+            "{segments} segments: old ones must be deleted"
+        );
+        assert!(store.stats().segments_deleted.load(Ordering::Relaxed) > 0);
+        assert!(store.stats().compactions.load(Ordering::Relaxed) > 0);
+        assert!(store.usage() < 6 * 64 * 1024);
+        store.close();
+        keep
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(bodies(&r), ["the slow one"]);
+    assert_eq!(r.messages[0].2.store_id, keep);
+}
+
+#[test]
+fn a_million_small_messages_recover_quickly() {
+    // Scaled down for the unit test; the README's figure comes from the
+    // `recovery_benchmark` test in release mode.
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let n = 20_000;
+    rt().block_on(async {
+        let mut cfg = config(dir.path());
+        cfg.segment_size = 32 * 1024 * 1024;
+        let (store, _) = Store::open(cfg).unwrap();
+        let ops: Vec<Op> = (0..n)
+            .map(|i| add(&store, &q, &format!("small {i}"), vec![]))
+            .collect();
+        for chunk in ops.chunks(1000) {
+            for op in chunk {
+                store.submit(vec![op.clone()]);
+            }
+            store.barrier().await.unwrap();
+        }
+        store.close();
+    });
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 32 * 1024 * 1024;
+    let (_, r) = Store::open(cfg).unwrap();
+    assert_eq!(r.messages.len(), n);
+    assert!(r.took < Duration::from_secs(10), "{:?}", r.took);
+}
