@@ -29,7 +29,42 @@ pub struct Config {
     pub listeners: Listeners,
     pub stomp: StompSection,
     pub openwire: OpenWireSection,
+    pub store: StoreSection,
     pub limits: LimitsSection,
+}
+
+/// The persistent store (the journal in `<data_dir>/journal`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `false` keeps persistent messages in memory only (like ActiveMQ's
+    /// `persistent="false"`).
+    pub enabled: bool,
+    /// `"always"`: fsync before a persistent send is confirmed (group commit
+    /// shares it between concurrent senders). `"periodic"`: fsync every
+    /// `sync_interval_ms`; sends are confirmed once written.
+    pub sync: String,
+    pub sync_interval_ms: u64,
+    /// Size of one journal segment file.
+    pub segment_size: u64,
+    /// Bytes the journal may use (ActiveMQ's storeUsage, 100 GiB by default).
+    pub limit: u64,
+    /// `"block"`: persistent sends wait while the store is full (producer
+    /// flow control); `"fail"`: they get an error at once.
+    pub on_limit: String,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            enabled: true,
+            sync: "always".into(),
+            sync_interval_ms: 1000,
+            segment_size: 32 * 1024 * 1024,
+            limit: 100 * 1024 * 1024 * 1024,
+            on_limit: "block".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -227,6 +262,36 @@ impl Config {
                 ),
             });
         }
+        if !matches!(self.store.sync.as_str(), "always" | "periodic") {
+            return Err(ConfigError::Invalid {
+                key: "store.sync",
+                message: format!(
+                    "must be \"always\" or \"periodic\", not {:?}",
+                    self.store.sync
+                ),
+            });
+        }
+        if !matches!(self.store.on_limit.as_str(), "block" | "fail") {
+            return Err(ConfigError::Invalid {
+                key: "store.on_limit",
+                message: format!(
+                    "must be \"block\" or \"fail\", not {:?}",
+                    self.store.on_limit
+                ),
+            });
+        }
+        if self.store.segment_size < 64 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "store.segment_size",
+                message: "must be at least 65536".into(),
+            });
+        }
+        if self.store.sync_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "store.sync_interval_ms",
+                message: "must be greater than 0".into(),
+            });
+        }
         if self.broker.name.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "broker.name",
@@ -281,6 +346,24 @@ impl Config {
             max_transaction_bytes: self.limits.max_transaction_size,
             ..Default::default()
         }
+    }
+
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        let mut c = crate::store::StoreConfig::new(self.broker.data_dir.join("journal"));
+        c.segment_size = self.store.segment_size;
+        c.limit = self.store.limit;
+        c.max_record = (self.stomp.max_frame_size as u64)
+            .max(self.openwire.max_frame_size)
+            .saturating_add(1024 * 1024)
+            .min(u32::MAX as u64) as usize;
+        c.sync = match self.store.sync.as_str() {
+            "periodic" => crate::store::SyncPolicy::Periodic(Duration::from_millis(
+                self.store.sync_interval_ms,
+            )),
+            _ => crate::store::SyncPolicy::Always,
+        };
+        c.fail_when_full = self.store.on_limit == "fail";
+        c
     }
 
     pub fn core_config(&self) -> crate::broker::CoreConfig {

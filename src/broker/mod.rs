@@ -16,10 +16,11 @@ pub mod subscription;
 pub mod topic;
 
 use crate::bstr::ByteStr;
+use crate::store::{Op, Recovered, Store, StoreError};
 use dashmap::DashMap;
 use destination::{Destination, DestinationKind};
 use message::{Advisory, ConsumerName, Message, PropValue};
-use queue::{DeadCause, Queue};
+use queue::{DeadCause, Persistence, Queue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use subscription::ConsumerSpec;
@@ -146,6 +147,8 @@ struct TempDestination {
 }
 
 struct DurableSub {
+    /// Its id in the store (0 without a store).
+    store_id: u64,
     topic: Arc<Topic>,
     sub_id: u64,
     queue: Arc<Queue>,
@@ -188,6 +191,7 @@ pub struct Broker {
     durables: DashMap<(Arc<str>, Arc<str>), Arc<DurableSub>>,
     client_ids: DashMap<Arc<str>, (u64, String)>,
     temps: DashMap<Destination, TempDestination>,
+    store: Option<Arc<Store>>,
     ids: AtomicU64,
     /// `ID:<host>-<pid>-<start millis>`: the prefix of every id this broker makes.
     id_prefix: String,
@@ -196,6 +200,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: CoreConfig) -> Arc<Broker> {
+        Self::with_store(config, None)
+    }
+
+    /// A broker whose persistent messages go to `store`.
+    pub fn with_store(config: CoreConfig, store: Option<Arc<Store>>) -> Arc<Broker> {
         let host = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -214,6 +223,7 @@ impl Broker {
             durables: DashMap::new(),
             client_ids: DashMap::new(),
             temps: DashMap::new(),
+            store,
             ids: AtomicU64::new(1),
             id_prefix,
             me: me.clone(),
@@ -246,6 +256,7 @@ impl Broker {
                     self.config.destination_memory_limit,
                     true,
                     self.me.clone(),
+                    self.persistence(None),
                 ))
             })
             .clone()
@@ -605,25 +616,17 @@ impl Broker {
             .entry(key.clone())
             .or_insert_with(|| {
                 tracing::info!(client_id, subscription = sub_name, topic = %destination, "durable subscription created");
-                let sub_id = self.next_id();
-                let queue = Arc::new(Queue::new(
-                    destination.clone(),
-                    self.config.destination_memory_limit,
-                    true,
-                    self.me.clone(),
-                ));
-                topic.attach(TopicSub {
-                    id: sub_id,
-                    queue: queue.clone(),
-                    no_local: spec.no_local,
-                    connection: spec.connection,
-                });
-                Arc::new(DurableSub {
-                    topic: topic.clone(),
-                    sub_id,
-                    queue,
-                    consumer: Mutex::new(None),
-                })
+                let store_id = self.store.as_ref().map_or(0, |s| s.next_id());
+                if let Some(store) = &self.store {
+                    store.submit(vec![Op::SubAdd {
+                        sub: store_id,
+                        client_id: Arc::from(client_id),
+                        name: Arc::from(sub_name),
+                        topic: destination.clone(),
+                        no_local: spec.no_local,
+                    }]);
+                }
+                self.new_durable(store_id, &topic, destination, spec.no_local, spec.connection)
             })
             .clone();
         {
@@ -664,6 +667,7 @@ impl Broker {
             self.config.destination_memory_limit,
             false,
             self.me.clone(),
+            None,
         ));
         let mut topics = Vec::with_capacity(elements.len());
         for d in &elements {
@@ -751,6 +755,9 @@ impl Broker {
                 d.topic.detach(d.sub_id);
                 d.queue.purge();
                 d.queue.mark_deleted();
+                if let Some(store) = &self.store {
+                    store.submit(vec![Op::SubRemove { sub: d.store_id }]);
+                }
                 tracing::info!(
                     client_id,
                     subscription = name,
@@ -769,16 +776,23 @@ impl Broker {
     /// Moves a copy of a message to the dead-letter queue, recording where it
     /// came from and why. Non-persistent messages are dropped, as ActiveMQ's
     /// default dead-letter strategy does.
-    pub fn dead_letter(&self, message: &Arc<Message>, cause: DeadCause) {
+    /// `removal` records, atomically with the copy's addition, that the
+    /// original is gone from where it was.
+    pub fn dead_letter(&self, message: &Arc<Message>, cause: DeadCause, removal: Option<Op>) {
+        let discard = |why: &str| {
+            tracing::debug!(message_id = %message.id, ?cause, "{why}");
+            if let (Some(store), Some(op)) = (&self.store, removal.clone()) {
+                store.submit(vec![op]);
+            }
+        };
         if !message.persistent && !self.config.dead_letter_non_persistent {
-            tracing::debug!(message_id = %message.id, ?cause, "non-persistent message discarded");
-            return;
+            return discard("non-persistent message discarded");
         }
         if message.destination.is_queue()
             && *message.destination.name == *self.config.dead_letter_queue
         {
             tracing::warn!(message_id = %message.id, "message on the dead-letter queue discarded");
-            return;
+            return discard("message on the dead-letter queue discarded");
         }
         // As ActiveMQ: same message id, the original destination recorded,
         // the expiration moved to `originalExpiration`, and a failure cause
@@ -809,8 +823,182 @@ impl Broker {
             ));
         }
         tracing::debug!(message_id = %message.id, ?cause, "message moved to the dead-letter queue");
-        self.queue(&self.config.dead_letter_queue)
-            .send(Arc::new(copy));
+        copy.store_id = 0;
+        let dlq = Destination::queue(self.config.dead_letter_queue.as_str());
+        let target = Target::Queue(self.queue(&self.config.dead_letter_queue));
+        let mut ops: Vec<Op> = self.persist_op(&target, &mut copy).into_iter().collect();
+        ops.extend(removal);
+        if let Some(store) = &self.store {
+            store.submit(ops);
+        }
+        let _ = dlq;
+        target.send(Arc::new(copy));
+    }
+
+    fn persistence(&self, sub: Option<u64>) -> Option<Persistence> {
+        self.store.as_ref().map(|store| Persistence {
+            store: store.clone(),
+            sub,
+        })
+    }
+
+    fn new_durable(
+        &self,
+        store_id: u64,
+        topic: &Arc<Topic>,
+        destination: &Destination,
+        no_local: bool,
+        connection: u64,
+    ) -> Arc<DurableSub> {
+        let sub_id = self.next_id();
+        let queue = Arc::new(Queue::new(
+            destination.clone(),
+            self.config.destination_memory_limit,
+            true,
+            self.me.clone(),
+            self.persistence(Some(store_id)),
+        ));
+        topic.attach(TopicSub {
+            id: sub_id,
+            queue: queue.clone(),
+            no_local,
+            connection,
+        });
+        Arc::new(DurableSub {
+            store_id,
+            topic: topic.clone(),
+            sub_id,
+            queue,
+            consumer: Mutex::new(None),
+        })
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// The journal record that makes a persistent message survive, giving it
+    /// a store id; `None` when nothing needs storing (non-persistent,
+    /// temporary destinations, a topic without durable subscriptions).
+    pub fn persist_op(&self, target: &Target, m: &mut Message) -> Option<Op> {
+        let store = self.store.as_ref()?;
+        if !m.persistent || m.destination.kind.is_temporary() {
+            return None;
+        }
+        let subs = match target {
+            Target::Queue(_) => Vec::new(),
+            Target::Topic(t) => {
+                let subs = t.durable_sub_ids();
+                if subs.is_empty() {
+                    return None;
+                }
+                subs
+            }
+            // Composite destinations are not persisted (yet).
+            Target::Many(_) => return None,
+        };
+        m.store_id = store.next_id();
+        let message = Arc::new(m.clone());
+        Some(Op::Add {
+            id: m.store_id,
+            destination: m.destination.clone(),
+            subs,
+            message,
+        })
+    }
+
+    /// Waits while the store is over its limit (producer flow control), or
+    /// fails when it is configured to.
+    async fn store_room(&self) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) => store.room().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a message: a persistent one is in the journal, durable, before
+    /// it is queued (and before the caller confirms it to its producer).
+    /// Returns queues over their memory limit, for the producer to wait on.
+    pub async fn send(
+        &self,
+        target: &Target,
+        mut message: Message,
+    ) -> Result<Vec<Arc<Queue>>, StoreError> {
+        if let Some(op) = self.persist_op(target, &mut message) {
+            self.store_room().await?;
+            if let Some(store) = &self.store {
+                store.write(vec![op]).await?;
+            }
+        }
+        Ok(target.send(Arc::new(message)))
+    }
+
+    /// Commits a transaction: its persistent sends and its acknowledgements
+    /// go to the journal in one record, then take effect.
+    pub async fn commit(
+        &self,
+        sends: Vec<(Target, Message)>,
+        acks: Vec<(Arc<Queue>, u64, Vec<u64>)>,
+    ) -> Result<Vec<Arc<Queue>>, StoreError> {
+        let mut sends = sends;
+        let mut ops = Vec::new();
+        for (target, m) in sends.iter_mut() {
+            ops.extend(self.persist_op(target, m));
+        }
+        for (queue, consumer, seqs) in &acks {
+            ops.extend(queue.held_removals(*consumer, seqs));
+        }
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            self.store_room().await?;
+            store.write(ops).await?;
+        }
+        let mut full = Vec::new();
+        for (target, m) in sends {
+            full.extend(target.send(Arc::new(m)));
+        }
+        for (queue, consumer, seqs) in acks {
+            queue.settle_held(consumer, &seqs, true, true);
+        }
+        Ok(full)
+    }
+
+    /// Resolves when everything recorded so far is durable (a receipt for an
+    /// acknowledgement is sent after this).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) => store.barrier().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds queues and durable subscriptions from the journal.
+    pub fn restore(&self, recovered: Recovered) {
+        let mut by_store_id: std::collections::HashMap<u64, Arc<DurableSub>> = Default::default();
+        for sub in recovered.subs {
+            let topic = self.topic(&sub.topic.name);
+            let d = self.new_durable(sub.sub, &topic, &sub.topic, sub.no_local, 0);
+            self.durables
+                .insert((sub.client_id.clone(), sub.name.clone()), d.clone());
+            by_store_id.insert(sub.sub, d);
+        }
+        for (destination, subs, message) in recovered.messages {
+            if destination.is_queue() {
+                self.queue(&destination.name).send(message);
+            } else {
+                for s in subs {
+                    if let Some(d) = by_store_id.get(&s) {
+                        d.queue.send(message.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes and closes the store (at shutdown, after every connection).
+    pub fn close_store(&self) {
+        if let Some(store) = &self.store {
+            store.close();
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::broker::destination::Destination;
 use crate::broker::message::{now_millis, Message};
 use crate::broker::subscription::{ConsumerSlot, ConsumerSpec, Delivery, Entry, InFlight};
 use crate::broker::Broker;
+use crate::store::{Op, Store};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -81,7 +82,18 @@ pub struct Queue {
     /// topic subscriptions, where ActiveMQ just drops them).
     dead_letters: bool,
     broker: Weak<Broker>,
+    /// Where consumption of persistent messages is recorded; with the id of
+    /// the durable subscription this queue is for, if it is one.
+    store: Option<Arc<Store>>,
+    store_sub: Option<u64>,
     pub stats: QueueStats,
+}
+
+/// Where a queue's persistent messages are recorded.
+pub struct Persistence {
+    pub store: Arc<Store>,
+    /// The durable subscription this queue belongs to (its acks are SubAcks).
+    pub sub: Option<u64>,
 }
 
 impl Queue {
@@ -90,7 +102,12 @@ impl Queue {
         memory_limit: usize,
         dead_letters: bool,
         broker: Weak<Broker>,
+        persistence: Option<Persistence>,
     ) -> Self {
+        let (store, store_sub) = match persistence {
+            Some(p) => (Some(p.store), p.sub),
+            None => (None, None),
+        };
         Queue {
             destination,
             state: Mutex::new(QueueState::default()),
@@ -100,6 +117,8 @@ impl Queue {
             deleted: AtomicBool::new(false),
             dead_letters,
             broker,
+            store,
+            store_sub,
             stats: QueueStats::default(),
         }
     }
@@ -132,7 +151,7 @@ impl Queue {
             self.memory.fetch_add(size, Ordering::Relaxed);
             self.dispatch(&mut st)
         };
-        self.route_dead(dead);
+        self.finish(dead, Vec::new());
         self.over_limit()
     }
 
@@ -168,7 +187,7 @@ impl Queue {
             st.consumers.push(ConsumerSlot::new(spec));
             self.dispatch(&mut st)
         };
-        self.route_dead(dead);
+        self.finish(dead, Vec::new());
     }
 
     /// Removes a consumer. Its unacknowledged messages go back to the queue in
@@ -182,6 +201,7 @@ impl Queue {
         delivered_upto: u64,
         delivered_are_consumed: bool,
     ) -> bool {
+        let mut forgotten = Vec::new();
         let (found, dead, freed) = {
             let mut st = self.lock();
             let Some(pos) = st.consumers.iter().position(|c| c.spec.id == id) else {
@@ -198,6 +218,7 @@ impl Queue {
                 if f.seq <= delivered_upto {
                     if delivered_are_consumed && !f.held {
                         freed += entry.message.memory_size();
+                        self.forget(&entry.message, &mut forgotten);
                         self.stats.dequeued.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -211,7 +232,7 @@ impl Queue {
         if freed > 0 {
             self.release(freed);
         }
-        self.route_dead(dead);
+        self.finish(dead, forgotten);
         found
     }
 
@@ -266,6 +287,7 @@ impl Queue {
     ) -> Result<Vec<u64>, AckError> {
         let mut freed = 0;
         let mut poisoned = Vec::new();
+        let mut forgotten = Vec::new();
         let (covered, mut dead) = {
             let mut st = self.lock();
             let slot = st
@@ -292,8 +314,10 @@ impl Queue {
                             slot.credit_used -= 1;
                         }
                         freed += f.entry.message.memory_size();
-                        if action == AckAction::Poison {
+                        if action == AckAction::Poison && self.dead_letters {
                             poisoned.push(f.entry.message);
+                        } else {
+                            self.forget(&f.entry.message, &mut forgotten);
                         }
                     }
                     self.stats
@@ -306,14 +330,12 @@ impl Queue {
         if freed > 0 {
             self.release(freed);
         }
-        if self.dead_letters {
-            dead.extend(
-                poisoned
-                    .into_iter()
-                    .map(|m| (m, DeadCause::Poison(cause.clone()))),
-            );
-        }
-        self.route_dead(dead);
+        dead.extend(
+            poisoned
+                .into_iter()
+                .map(|m| (m, DeadCause::Poison(cause.clone()))),
+        );
+        self.finish(dead, forgotten);
         Ok(covered)
     }
 
@@ -322,8 +344,11 @@ impl Queue {
     /// ActiveMQ does: the client may acknowledge them anew; they return to
     /// the queue only if the consumer closes). Unknown sequences are skipped:
     /// the consumer may have closed and returned them already.
-    pub fn settle_held(&self, consumer: u64, seqs: &[u64], commit: bool) {
+    /// `journaled`: the caller already recorded the consumption (in its
+    /// transaction's journal record).
+    pub fn settle_held(&self, consumer: u64, seqs: &[u64], commit: bool, journaled: bool) {
         let mut freed = 0;
+        let mut forgotten = Vec::new();
         let dead = {
             let mut st = self.lock();
             let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) else {
@@ -339,6 +364,9 @@ impl Queue {
                         slot.credit_used -= 1;
                     }
                     freed += f.entry.message.memory_size();
+                    if !journaled {
+                        self.forget(&f.entry.message, &mut forgotten);
+                    }
                     self.stats.dequeued.fetch_add(1, Ordering::Relaxed);
                 } else {
                     let f = &mut slot.in_flight[pos];
@@ -353,7 +381,22 @@ impl Queue {
         if freed > 0 {
             self.release(freed);
         }
-        self.route_dead(dead);
+        self.finish(dead, forgotten);
+    }
+
+    /// The journal operations that consuming these held deliveries means
+    /// (for a transaction's commit record).
+    pub fn held_removals(&self, consumer: u64, seqs: &[u64]) -> Vec<Op> {
+        let st = self.lock();
+        let Some(slot) = st.consumers.iter().find(|c| c.spec.id == consumer) else {
+            return Vec::new();
+        };
+        seqs.iter()
+            .filter_map(|seq| {
+                let pos = slot.in_flight.binary_search_by_key(seq, |f| f.seq).ok()?;
+                self.removal(&slot.in_flight[pos].entry.message)
+            })
+            .collect()
     }
 
     /// Changes a consumer's prefetch (0 pauses it) and dispatches.
@@ -365,7 +408,7 @@ impl Queue {
             }
             self.dispatch(&mut st)
         };
-        self.route_dead(dead);
+        self.finish(dead, Vec::new());
     }
 
     /// Lets a prefetch-0 consumer have one more message (OpenWire
@@ -386,7 +429,7 @@ impl Queue {
                 .map_or(before, |c| c.next_seq);
             (after > before, dead)
         };
-        self.route_dead(dead);
+        self.finish(dead, Vec::new());
         dispatched
     }
 
@@ -522,13 +565,50 @@ impl Queue {
         dead
     }
 
-    fn route_dead(&self, dead: Vec<(Arc<Message>, DeadCause)>) {
+    /// What records that this queue is done with a persistent message.
+    pub fn removal(&self, m: &Message) -> Option<Op> {
+        if m.store_id == 0 || self.store.is_none() {
+            return None;
+        }
+        Some(match self.store_sub {
+            Some(sub) => Op::SubAck {
+                sub,
+                id: m.store_id,
+            },
+            None => Op::Remove { id: m.store_id },
+        })
+    }
+
+    /// The durable subscription this queue is for, if any.
+    pub fn store_sub(&self) -> Option<u64> {
+        self.store_sub
+    }
+
+    fn forget(&self, m: &Message, ops: &mut Vec<Op>) {
+        if let Some(op) = self.removal(m) {
+            ops.push(op);
+        }
+    }
+
+    /// After the lock is released: record consumption, route dead letters.
+    fn finish(&self, dead: Vec<(Arc<Message>, DeadCause)>, forgotten: Vec<Op>) {
+        if !forgotten.is_empty() {
+            if let Some(store) = &self.store {
+                store.submit(forgotten);
+            }
+        }
         if dead.is_empty() {
             return;
         }
-        if let Some(broker) = self.broker.upgrade() {
-            for (message, cause) in dead {
-                broker.dead_letter(&message, cause);
+        for (message, cause) in dead {
+            let removal = self.removal(&message);
+            match self.broker.upgrade() {
+                Some(broker) => broker.dead_letter(&message, cause, removal),
+                None => {
+                    if let (Some(store), Some(op)) = (&self.store, removal) {
+                        store.submit(vec![op]);
+                    }
+                }
             }
         }
     }

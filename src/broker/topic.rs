@@ -65,6 +65,16 @@ impl Topic {
             .retain(|s| s.id != id);
     }
 
+    /// The store ids of the durable subscriptions attached now.
+    pub fn durable_sub_ids(&self) -> Vec<u64> {
+        self.subs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|s| s.queue.store_sub())
+            .collect()
+    }
+
     /// The queues of the subscriptions attached now.
     pub fn subscription_queues(&self) -> Vec<Arc<Queue>> {
         self.subs

@@ -200,7 +200,7 @@ struct ConsumerEntry {
 }
 
 enum TxOp {
-    Send(Target, Arc<Message>),
+    Send(Target, Message),
     Ack {
         queue: Arc<Queue>,
         consumer: u64,
@@ -705,7 +705,6 @@ impl Session {
         let message =
             convert::message_from_struct(&c, self.connection).map_err(|e| JmsError::jms(e.0))?;
         let target = self.target(&message.destination)?;
-        let message = Arc::new(message);
         if let Some(tx) = c.fields[msg::TRANSACTION_ID].as_struct() {
             let key = tx_key(tx);
             let limit = self.settings.max_transaction_bytes;
@@ -726,7 +725,12 @@ impl Session {
             return Ok(Reply::Done);
         }
         let size = message.memory_size();
-        for q in target.send(message) {
+        let full = self
+            .broker
+            .send(&target, message)
+            .await
+            .map_err(|e| JmsError::new("java.io.IOException", e.to_string()))?;
+        for q in full {
             // Producer flow control: the Response (or the next read) waits.
             q.wait_for_space().await;
         }
@@ -968,17 +972,21 @@ impl Session {
             }
             tx_type::COMMIT_ONE_PHASE | tx_type::COMMIT_TWO_PHASE => {
                 let t = self.txs.remove(&key).ok_or_else(|| missing(&key))?;
-                let mut full: Vec<Arc<Queue>> = Vec::new();
+                let mut sends = Vec::new();
+                let mut acks = Vec::new();
                 for op in t.ops {
                     match op {
-                        TxOp::Send(target, m) => full.extend(target.send(m)),
+                        TxOp::Send(target, m) => sends.push((target, m)),
                         TxOp::Ack {
                             queue,
                             consumer,
                             seqs,
-                        } => queue.settle_held(consumer, &seqs, true),
+                        } => acks.push((queue, consumer, seqs)),
                     }
                 }
+                let full = self.broker.commit(sends, acks).await.map_err(|e| {
+                    JmsError::new("javax.jms.TransactionRolledBackException", e.to_string())
+                })?;
                 for q in full {
                     q.wait_for_space().await;
                 }
@@ -1064,7 +1072,7 @@ fn rollback(t: Transaction) {
             seqs,
         } = op
         {
-            queue.settle_held(consumer, &seqs, false);
+            queue.settle_held(consumer, &seqs, false, false);
         }
     }
 }

@@ -167,7 +167,7 @@ struct SubEntry {
 }
 
 enum TxOp {
-    Send(Target, Arc<Message>),
+    Send(Target, Message),
     Ack {
         queue: Arc<Queue>,
         consumer: u64,
@@ -325,6 +325,13 @@ impl Session {
                         Command::Connect | Command::Stomp | Command::Subscribe
                     );
                     if let (Some(r), false) = (&receipt, answered) {
+                        if matches!(command, Command::Ack | Command::Nack) {
+                            // A receipted acknowledgement is durable first.
+                            if let Err(e) = self.broker.sync().await {
+                                self.send_error(&e.to_string(), Some(r)).await;
+                                continue;
+                            }
+                        }
                         self.send_receipt(r).await;
                     }
                     if command == Command::Disconnect {
@@ -481,12 +488,7 @@ impl Session {
             producer: self.producer.clone(),
             seq: self.next_message,
         };
-        let message = Arc::new(mapping::message_from_send(
-            frame,
-            destination,
-            id,
-            self.connection,
-        )?);
+        let message = mapping::message_from_send(frame, destination, id, self.connection)?;
         if let Some(tx) = tx {
             let limit = self.settings.max_transaction_bytes;
             let t = self.txs.get_mut(&tx).expect("checked above");
@@ -499,7 +501,11 @@ impl Session {
             t.ops.push(TxOp::Send(target, message));
             return Ok(());
         }
-        let full = target.send(message);
+        let full = self
+            .broker
+            .send(&target, message)
+            .await
+            .map_err(|e| ProtocolError::soft(e.to_string()))?;
         for queue in full {
             // Producer flow control: stop reading this client until the
             // destination has room again.
@@ -795,17 +801,11 @@ impl Session {
             .txs
             .remove(&tx)
             .ok_or_else(|| ProtocolError::soft(format!("Invalid transaction id: {tx}")))?;
-        let mut full: Vec<Arc<Queue>> = Vec::new();
-        for op in t.ops {
-            match op {
-                TxOp::Send(target, message) => full.extend(target.send(message)),
-                TxOp::Ack {
-                    queue,
-                    consumer,
-                    seqs,
-                } => queue.settle_held(consumer, &seqs, true),
-            }
-        }
+        let (sends, acks) = split_tx(t);
+        let full = self.broker.commit(sends, acks).await.map_err(|e| {
+            // Nothing of it happened: the held acks go back to unacknowledged.
+            ProtocolError::soft(e.to_string())
+        })?;
         for queue in full {
             queue.wait_for_space().await;
         }
@@ -863,6 +863,25 @@ impl Session {
     }
 }
 
+/// A transaction's sends and held acknowledgements, for the broker's commit.
+type TxParts = (Vec<(Target, Message)>, Vec<(Arc<Queue>, u64, Vec<u64>)>);
+
+fn split_tx(t: Transaction) -> TxParts {
+    let mut sends = Vec::new();
+    let mut acks = Vec::new();
+    for op in t.ops {
+        match op {
+            TxOp::Send(target, m) => sends.push((target, m)),
+            TxOp::Ack {
+                queue,
+                consumer,
+                seqs,
+            } => acks.push((queue, consumer, seqs)),
+        }
+    }
+    (sends, acks)
+}
+
 fn rollback(t: Transaction) {
     for op in t.ops {
         if let TxOp::Ack {
@@ -871,7 +890,7 @@ fn rollback(t: Transaction) {
             seqs,
         } = op
         {
-            queue.settle_held(consumer, &seqs, false);
+            queue.settle_held(consumer, &seqs, false, false);
         }
     }
 }

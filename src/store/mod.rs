@@ -55,6 +55,8 @@ pub struct StoreConfig {
     pub limit: u64,
     /// Compact once there are more segments than this.
     pub compact_after_segments: usize,
+    /// Over the limit, persistent sends fail at once instead of waiting.
+    pub fail_when_full: bool,
     pub faults: Faults,
 }
 
@@ -67,6 +69,7 @@ impl StoreConfig {
             sync: SyncPolicy::Always,
             limit: 100 * 1024 * 1024 * 1024,
             compact_after_segments: 4,
+            fail_when_full: false,
             faults: Faults::default(),
         }
     }
@@ -340,6 +343,7 @@ struct Shared {
     /// Bytes of journal on disk.
     usage: AtomicU64,
     limit: u64,
+    fail_when_full: bool,
     /// Woken when usage falls (segments deleted).
     space: Notify,
     stopped: AtomicBool,
@@ -386,6 +390,7 @@ impl Store {
             wake: Condvar::new(),
             usage: AtomicU64::new(journal.disk_usage()),
             limit: config.limit,
+            fail_when_full: config.fail_when_full,
             space: Notify::new(),
             stopped: AtomicBool::new(false),
             stats: StoreStats::default(),
@@ -460,6 +465,19 @@ impl Store {
 
     pub fn limit(&self) -> u64 {
         self.shared.limit
+    }
+
+    /// Waits until the journal is below its limit again, or fails at once
+    /// when so configured.
+    pub async fn room(&self) -> Result<(), StoreError> {
+        if !self.over_limit() {
+            return Ok(());
+        }
+        if self.shared.fail_when_full {
+            return Err(StoreError::Full(self.shared.limit));
+        }
+        self.wait_for_space().await;
+        Ok(())
     }
 
     /// Waits until the journal is below its limit again.

@@ -80,7 +80,7 @@ fn queue_messages_survive_a_restart_until_removed() {
 fn a_topic_message_is_stored_once_for_its_durable_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     let t = Destination::topic("t");
-    let (s1, s2) = rt().block_on(async {
+    let (_s1, s2) = rt().block_on(async {
         let (store, _) = Store::open(config(dir.path())).unwrap();
         let s1 = store.next_id();
         let s2 = store.next_id();

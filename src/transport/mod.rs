@@ -82,8 +82,16 @@ struct Settings {
 }
 
 impl Server {
-    /// Binds every configured listener (address port 0 picks a free port).
+    /// Opens the store (recovering what it holds) and binds every configured
+    /// listener (address port 0 picks a free port).
     pub async fn bind(config: &Config) -> io::Result<Server> {
+        let (store, recovered) = if config.store.enabled {
+            let (store, recovered) = crate::store::Store::open(config.store_config())
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            (Some(store), Some(recovered))
+        } else {
+            (None, None)
+        };
         let mut listeners = Vec::new();
         for (key, kind) in [
             ("listeners.auto", ListenerKind::Auto),
@@ -106,8 +114,19 @@ impl Server {
         {
             core.broker_url = format!("tcp://{addr}");
         }
+        let broker = Broker::with_store(core, store);
+        if let Some(r) = recovered {
+            let took = r.took;
+            let messages = r.messages.len();
+            broker.restore(r);
+            info!(
+                messages,
+                took_ms = took.as_millis() as u64,
+                "persistent messages restored"
+            );
+        }
         Ok(Server {
-            broker: Broker::new(core),
+            broker,
             listeners,
             settings: Settings {
                 stomp: Arc::new(config.stomp_settings()),
@@ -156,6 +175,8 @@ impl Server {
         {
             warn!("some connections did not close within 10 s");
         }
+        // Last: everything confirmed is on disk.
+        self.broker.close_store();
     }
 }
 

@@ -201,12 +201,12 @@ fn held_acks_commit_or_roll_back() {
     assert_eq!(held, vec![1, 2]);
     assert_eq!(sa.take().len(), 2);
     // Rollback: still unacknowledged by this consumer, acknowledgeable again.
-    q.settle_held(1, &held, false);
+    q.settle_held(1, &held, false, false);
     assert_eq!(q.in_flight_count(), 4);
     q.ack(1, 1, false, AckAction::Consume).unwrap();
     // Commit of a held ack consumes it.
     let held = q.ack(1, 2, false, AckAction::Hold).unwrap();
-    q.settle_held(1, &held, true);
+    q.settle_held(1, &held, true, false);
     assert_eq!(q.in_flight_count(), 2);
 }
 
