@@ -31,6 +31,9 @@ pub struct Config {
     pub openwire: OpenWireSection,
     pub store: StoreSection,
     pub limits: LimitsSection,
+    /// Test hook: make the journal's writes or syncs fail.
+    #[serde(skip)]
+    pub store_faults: crate::store::journal::Faults,
 }
 
 /// The persistent store (the journal in `<data_dir>/journal`).
@@ -363,6 +366,7 @@ impl Config {
             _ => crate::store::SyncPolicy::Always,
         };
         c.fail_when_full = self.store.on_limit == "fail";
+        c.faults = self.store_faults.clone();
         c
     }
 

@@ -2,6 +2,8 @@
 //! built on the project's codec, over real sockets.
 #![allow(dead_code)]
 
+pub mod ow;
+
 use bytes::BytesMut;
 use ferromq::stomp::codec::{encode_frame, Item, Limits, StompCodec};
 use ferromq::stomp::frame::{Command, Frame, Version};
@@ -23,7 +25,7 @@ pub struct TestBroker {
     pub broker: Arc<ferromq::broker::Broker>,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -33,8 +35,18 @@ impl TestBroker {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().unwrap();
+        let mut b = Self::start_in(dir.path(), tweak).await;
+        b._dir = Some(dir);
+        b
+    }
+
+    /// A broker on a data directory the caller keeps (for restarts).
+    pub async fn start_in(
+        data_dir: &std::path::Path,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let mut config = Config::default();
-        config.broker.data_dir = dir.path().to_path_buf();
+        config.broker.data_dir = data_dir.to_path_buf();
         config.listeners.auto = "127.0.0.1:0".into();
         config.listeners.stomp = "127.0.0.1:0".into();
         tweak(&mut config);
@@ -50,7 +62,7 @@ impl TestBroker {
             broker,
             shutdown,
             task: Some(task),
-            _dir: dir,
+            _dir: None,
         }
     }
 
