@@ -200,7 +200,7 @@ struct ConsumerEntry {
 }
 
 enum TxOp {
-    Send(Target, Message),
+    Send(Target, Box<Message>),
     Ack {
         queue: Arc<Queue>,
         consumer: u64,
@@ -721,7 +721,7 @@ impl Session {
                     format!("Transaction '{key}' is over its size limit of {limit} bytes"),
                 ));
             }
-            t.ops.push(TxOp::Send(target, message));
+            t.ops.push(TxOp::Send(target, Box::new(message)));
             return Ok(Reply::Done);
         }
         let size = message.memory_size();
@@ -976,7 +976,7 @@ impl Session {
                 let mut acks = Vec::new();
                 for op in t.ops {
                     match op {
-                        TxOp::Send(target, m) => sends.push((target, m)),
+                        TxOp::Send(target, m) => sends.push((target, *m)),
                         TxOp::Ack {
                             queue,
                             consumer,

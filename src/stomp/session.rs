@@ -167,7 +167,7 @@ struct SubEntry {
 }
 
 enum TxOp {
-    Send(Target, Message),
+    Send(Target, Box<Message>),
     Ack {
         queue: Arc<Queue>,
         consumer: u64,
@@ -498,7 +498,7 @@ impl Session {
                     "Transaction {tx} is over its size limit of {limit} bytes"
                 )));
             }
-            t.ops.push(TxOp::Send(target, message));
+            t.ops.push(TxOp::Send(target, Box::new(message)));
             return Ok(());
         }
         let full = self
@@ -871,7 +871,7 @@ fn split_tx(t: Transaction) -> TxParts {
     let mut acks = Vec::new();
     for op in t.ops {
         match op {
-            TxOp::Send(target, m) => sends.push((target, m)),
+            TxOp::Send(target, m) => sends.push((target, *m)),
             TxOp::Ack {
                 queue,
                 consumer,

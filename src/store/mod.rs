@@ -257,6 +257,9 @@ struct Index {
     messages: HashMap<u64, Live>,
     subs: HashMap<u64, Location>,
     live_per_segment: BTreeMap<u64, usize>,
+    /// Records written to each segment (live or not): compaction is worth it
+    /// only where few of them are still live.
+    records_per_segment: BTreeMap<u64, usize>,
 }
 
 impl Index {
@@ -266,6 +269,7 @@ impl Index {
     }
 
     fn apply(&mut self, op: &Op, at: Location) {
+        *self.records_per_segment.entry(at.segment).or_insert(0) += 1;
         match op {
             Op::Add {
                 id,
@@ -747,39 +751,48 @@ impl Writer {
                 self.index.apply(op, *at);
             }
         }
-        for s in batch {
-            if let Some(done) = s.done {
-                let _ = done.send(result.clone());
-            }
-        }
+        // Space is reclaimed before anyone is told, so that a producer that
+        // waited for an acknowledgement sees the freed space.
         if result.is_ok() {
             self.collect_garbage();
         }
         self.shared
             .usage
             .store(self.journal.disk_usage(), Ordering::Relaxed);
+        for s in batch {
+            if let Some(done) = s.done {
+                let _ = done.send(result.clone());
+            }
+        }
     }
 
     /// Deletes the oldest segments while nothing in them is live, then
     /// compacts the oldest one if the journal has grown long.
     fn collect_garbage(&mut self) {
         let mut deleted = false;
-        loop {
-            let Some((&oldest, _)) = self.journal.segments().iter().next() else {
-                break;
-            };
+        while let Some((&oldest, _)) = self.journal.segments().iter().next() {
             if oldest == self.journal.head_segment() {
                 break;
             }
-            if self
+            let live = self
                 .index
                 .live_per_segment
                 .get(&oldest)
                 .copied()
-                .unwrap_or(0)
-                > 0
-            {
-                if self.journal.segments().len() > self.config.compact_after_segments {
+                .unwrap_or(0);
+            if live > 0 {
+                let records = self
+                    .index
+                    .records_per_segment
+                    .get(&oldest)
+                    .copied()
+                    .unwrap_or(0);
+                // Only a segment where at most a quarter of the records are
+                // still live is worth copying forward; otherwise it would be
+                // rewritten again and again.
+                if self.journal.segments().len() > self.config.compact_after_segments
+                    && live * 4 <= records
+                {
                     if let Err(e) = self.compact(oldest) {
                         warn!(segment = oldest, error = %e, "journal compaction failed");
                         break;
@@ -791,6 +804,7 @@ impl Writer {
             match self.journal.delete_segment(oldest) {
                 Ok(()) => {
                     self.index.live_per_segment.remove(&oldest);
+                    self.index.records_per_segment.remove(&oldest);
                     self.shared
                         .stats
                         .segments_deleted

@@ -299,3 +299,32 @@ fn a_million_small_messages_recover_quickly() {
     assert_eq!(r.messages.len(), n);
     assert!(r.took < Duration::from_secs(10), "{:?}", r.took);
 }
+
+#[test]
+fn removes_in_one_batch_free_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        let body = "y".repeat(16 * 1024);
+        let mut ids = Vec::new();
+        for _ in 0..30 {
+            let op = add(&store, &q, &body, vec![]);
+            let Op::Add { id, .. } = &op else {
+                unreachable!()
+            };
+            ids.push(*id);
+            store.write(vec![op]).await.unwrap();
+        }
+        let before = store.usage();
+        store.submit(ids.iter().map(|id| Op::Remove { id: *id }).collect());
+        store.barrier().await.unwrap();
+        assert!(store.stats().segments_deleted.load(Ordering::Relaxed) > 0);
+        assert!(
+            store.usage() < before / 4,
+            "{} -> {}",
+            before,
+            store.usage()
+        );
+    });
+}
