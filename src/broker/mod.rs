@@ -247,12 +247,22 @@ impl Broker {
         if let Some(q) = self.queues.get(name) {
             return q.clone();
         }
+        self.queue_of(&Destination::queue(name))
+    }
+
+    /// The queue for a destination (a queue or a temporary queue), made with
+    /// that destination's kind.
+    fn queue_of(&self, destination: &Destination) -> Arc<Queue> {
+        let name: &str = &destination.name;
+        if let Some(q) = self.queues.get(name) {
+            return q.clone();
+        }
         self.queues
             .entry(Arc::from(name))
             .or_insert_with(|| {
                 tracing::debug!(queue = name, "queue created");
                 Arc::new(Queue::new(
-                    Destination::queue(name),
+                    destination.clone(),
                     self.config.destination_memory_limit,
                     true,
                     self.me.clone(),
@@ -296,7 +306,7 @@ impl Broker {
                 if !self.temps.contains_key(destination) {
                     return Err(BrokerError::NoSuchTempQueue(destination.name.to_string()));
                 }
-                Ok(Target::Queue(self.queue(&destination.name)))
+                Ok(Target::Queue(self.queue_of(destination)))
             }
             DestinationKind::TempTopic => {
                 if !self.temps.contains_key(destination) {
@@ -325,7 +335,7 @@ impl Broker {
             },
         );
         if destination.is_queue() {
-            self.queue(&destination.name);
+            self.queue_of(destination);
         } else {
             self.topic(&destination.name);
         }
@@ -596,7 +606,7 @@ impl Broker {
                     "consuming from a composite queue is not supported: {destination}"
                 )));
             }
-            let queue = self.queue(&destination.name);
+            let queue = self.queue_of(destination);
             queue.add_consumer(spec);
             self.advise_consumer(destination, &name, true, queue.consumer_count());
             return Ok(Subscription {
@@ -949,8 +959,18 @@ impl Broker {
             ops.extend(queue.held_removals(*consumer, seqs));
         }
         if let (Some(store), false) = (&self.store, ops.is_empty()) {
-            self.store_room().await?;
-            store.write(ops).await?;
+            let written = match self.store_room().await {
+                Ok(()) => store.write(ops).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                // Nothing of the transaction happened: its acknowledgements
+                // are undone (the messages are unacknowledged again).
+                for (queue, consumer, seqs) in &acks {
+                    queue.settle_held(*consumer, seqs, false, false);
+                }
+                return Err(e);
+            }
         }
         let mut full = Vec::new();
         for (target, m) in sends {

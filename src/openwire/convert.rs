@@ -90,8 +90,11 @@ pub fn throwable(class: &str, message: &str) -> Value {
     }))
 }
 
+/// Bodies may not inflate past this (a decompression bomb is refused).
+const MAX_INFLATED: usize = 128 * 1024 * 1024;
+
 fn inflate(data: &[u8]) -> Result<Vec<u8>, ConvertError> {
-    miniz_oxide::inflate::decompress_to_vec_zlib(data)
+    miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, MAX_INFLATED)
         .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))
 }
 

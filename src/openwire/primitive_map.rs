@@ -44,7 +44,7 @@ fn read_map(r: &mut Reader, depth: usize) -> Result<Option<Vec<(String, MapValue
             "map of {n} entries is too large"
         )));
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         let key = r.utf()?;
         out.push((key, read_value(r, depth)?));
@@ -78,7 +78,7 @@ pub fn read_value(r: &mut Reader, depth: usize) -> Result<MapValue> {
             if n < 0 || n as usize > r.remaining() {
                 return Err(WireError::Invalid(format!("bad list length {n}")));
             }
-            let mut items = Vec::with_capacity(n as usize);
+            let mut items = Vec::with_capacity((n as usize).min(1024));
             for _ in 0..n {
                 items.push(read_value(r, depth + 1)?);
             }

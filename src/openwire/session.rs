@@ -197,6 +197,17 @@ struct ConsumerEntry {
     session: i64,
     /// Highest sequence the client said it delivered to the application.
     delivered_upto: u64,
+    /// Bumped by every MessagePull: a timer only ends the pull it was for.
+    pull_generation: u64,
+    pull_timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for ConsumerEntry {
+    fn drop(&mut self) {
+        if let Some(t) = self.pull_timer.take() {
+            t.abort();
+        }
+    }
 }
 
 enum TxOp {
@@ -215,7 +226,7 @@ struct Transaction {
 }
 
 enum Internal {
-    PullTimeout(String),
+    PullTimeout(String, u64),
 }
 
 struct Session {
@@ -573,6 +584,12 @@ impl Session {
         if self.consumers.contains_key(&key) {
             return Ok(Reply::Done); // replayed after failover
         }
+        if self.consumers.len() >= MAX_CONSUMERS {
+            return Err(JmsError::new(
+                "javax.jms.ResourceAllocationException",
+                format!("Too many consumers on this connection (limit {MAX_CONSUMERS})"),
+            ));
+        }
         let session = id_struct.long("sessionId");
         if !self.sessions.contains(&session) {
             return Err(JmsError::jms(format!("Session {session} does not exist")));
@@ -611,6 +628,8 @@ impl Session {
                     sub: None,
                     session,
                     delivered_upto: 0,
+                    pull_generation: 0,
+                    pull_timer: None,
                 },
             );
             self.respond(c).await;
@@ -655,6 +674,8 @@ impl Session {
                 sub: Some(sub),
                 session,
                 delivered_upto: 0,
+                pull_generation: 0,
+                pull_timer: None,
             },
         );
         // The Response first, then messages.
@@ -730,8 +751,24 @@ impl Session {
             .send(&target, message)
             .await
             .map_err(|e| JmsError::new("java.io.IOException", e.to_string()))?;
+        if !full.is_empty() && c.response_required() {
+            // Producer flow control for a synchronous send: its Response
+            // waits for room, but the connection keeps being read (its own
+            // consumers' acks are what make room), as ActiveMQ parks it.
+            let control = self.control.clone();
+            let correlation = c.command_id();
+            tokio::spawn(async move {
+                for q in full {
+                    q.wait_for_space().await;
+                }
+                let r =
+                    Struct::new(schema::RESPONSE).with("correlationId", Value::Int(correlation));
+                let _ = control.send(Ctl::Frame(r)).await;
+            });
+            return Ok(Reply::Sent);
+        }
         for q in full {
-            // Producer flow control: the Response (or the next read) waits.
+            // An asynchronous send: stop reading this producer until there is room.
             q.wait_for_space().await;
         }
         if !c.response_required() {
@@ -838,12 +875,17 @@ impl Session {
         let Some(key) = c.obj("consumerId").map(id_string) else {
             return Ok(Reply::Done);
         };
-        let Some(entry) = self.consumers.get(&key) else {
+        let Some(entry) = self.consumers.get_mut(&key) else {
             return Ok(Reply::Done);
         };
         let Some(sub) = &entry.sub else {
             return Ok(Reply::Done);
         };
+        entry.pull_generation += 1;
+        if let Some(t) = entry.pull_timer.take() {
+            t.abort();
+        }
+        let generation = entry.pull_generation;
         if sub.queue.pull(sub.consumer_id) {
             return Ok(Reply::Done);
         }
@@ -856,14 +898,16 @@ impl Session {
                     self.send(d).await;
                 }
             }
-            // receive(): wait as long as it takes.
+            // receive(), or a timeout too long to matter: wait as long as it takes.
             0 => {}
+            t if t > 24 * 3600 * 1000 => {}
             t => {
                 let internal = self.internal.clone();
-                tokio::spawn(async move {
+                let timer = tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(t as u64)).await;
-                    let _ = internal.send(Internal::PullTimeout(key)).await;
+                    let _ = internal.send(Internal::PullTimeout(key, generation)).await;
                 });
+                entry.pull_timer = Some(timer.abort_handle());
             }
         }
         Ok(Reply::Done)
@@ -871,10 +915,13 @@ impl Session {
 
     async fn on_internal(&mut self, i: Internal) {
         match i {
-            Internal::PullTimeout(key) => {
+            Internal::PullTimeout(key, generation) => {
                 let Some(entry) = self.consumers.get(&key) else {
                     return;
                 };
+                if entry.pull_generation != generation {
+                    return; // a later pull replaced this one
+                }
                 if let Some(sub) = &entry.sub {
                     if sub.queue.cancel_pull(sub.consumer_id) {
                         let d = Struct::new(schema::MESSAGE_DISPATCH)
@@ -967,6 +1014,12 @@ impl Session {
         };
         match c.byte("type") {
             tx_type::BEGIN => {
+                if self.txs.len() >= MAX_TRANSACTIONS && !self.txs.contains_key(&key) {
+                    return Err(JmsError::new(
+                        "javax.jms.ResourceAllocationException",
+                        format!("Too many open transactions on this connection (limit {MAX_TRANSACTIONS})"),
+                    ));
+                }
                 self.txs.entry(key).or_default();
                 Ok(Reply::Done)
             }
@@ -1064,6 +1117,14 @@ impl Session {
     }
 }
 
+/// If the session task ends abnormally (a panic), the connection's business
+/// with the core still ends: nothing stays registered or in flight.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 fn rollback(t: Transaction) {
     for op in t.ops {
         if let TxOp::Ack {
@@ -1096,6 +1157,10 @@ fn tx_key(tx: &Struct) -> String {
 }
 
 const WRITE_BATCH: usize = 256;
+/// Per-connection caps, so that one client cannot grow the broker's memory
+/// without bound.
+const MAX_CONSUMERS: usize = 10_000;
+const MAX_TRANSACTIONS: usize = 1024;
 
 /// The writer task: sends our WireFormatInfo at once, then every frame the
 /// session queues and every delivery the core dispatches.
@@ -1124,7 +1189,12 @@ async fn writer(
             tokio::select! {
                 biased;
                 ctl = control.recv(), if control_open => match ctl {
-                    Some(ctl) => handle_ctl(ctl, &mut frames, &mut buf, &mut keep_alive, &mut keep_alive_period),
+                    Some(ctl) => {
+                        if !handle_ctl(ctl, &mut frames, &mut buf, &mut keep_alive, &mut keep_alive_period) {
+                            token.cancel();
+                            return;
+                        }
+                    }
                     None => control_open = false,
                 },
                 _ = outbox.ready(), if frames.is_some() => {}
@@ -1143,13 +1213,18 @@ async fn writer(
         }
         while buf.len() < 256 * 1024 {
             match control.try_recv() {
-                Ok(ctl) => handle_ctl(
-                    ctl,
-                    &mut frames,
-                    &mut buf,
-                    &mut keep_alive,
-                    &mut keep_alive_period,
-                ),
+                Ok(ctl) => {
+                    if !handle_ctl(
+                        ctl,
+                        &mut frames,
+                        &mut buf,
+                        &mut keep_alive,
+                        &mut keep_alive_period,
+                    ) {
+                        token.cancel();
+                        return;
+                    }
+                }
                 Err(_) => break,
             }
         }
@@ -1182,7 +1257,11 @@ async fn writer(
                         Value::Int(delivery.redelivery_count as i32),
                     );
                 if let Err(e) = f.encode(&dispatch, &mut buf) {
-                    warn!(error = %e, "cannot encode a dispatch");
+                    // The marshalling cache may now disagree with the
+                    // client's: the connection cannot go on.
+                    warn!(error = %e, "cannot encode a dispatch; closing the connection");
+                    token.cancel();
+                    return;
                 }
                 if buf.len() >= 256 * 1024 {
                     if sock.write_all(&buf).await.is_err() {
@@ -1205,13 +1284,14 @@ async fn writer(
     let _ = sock.shutdown().await;
 }
 
+/// Applies a session request; false when the connection cannot go on.
 fn handle_ctl(
     ctl: Ctl,
     frames: &mut Option<FrameWriter>,
     buf: &mut Vec<u8>,
     keep_alive: &mut Option<tokio::time::Interval>,
     keep_alive_period: &mut Duration,
-) {
+) -> bool {
     match ctl {
         Ctl::Negotiated(n) => {
             *frames = Some(FrameWriter::new(n.format));
@@ -1229,6 +1309,7 @@ fn handle_ctl(
             Some(f) => {
                 if let Err(e) = f.encode(&s, buf) {
                     warn!(error = %e, command = schema::type_name(s.type_id), "cannot encode a command");
+                    return false;
                 }
             }
             None => warn!(
@@ -1237,4 +1318,5 @@ fn handle_ctl(
             ),
         },
     }
+    true
 }

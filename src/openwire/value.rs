@@ -93,8 +93,14 @@ impl Struct {
             .unwrap_or_else(|| panic!("{} has no field {name}", schema::type_name(self.type_id)))
     }
 
+    /// A field by name; `Null` when this type has no such field (a peer may
+    /// put any structure where another was expected: never panic on it).
     pub fn get(&self, name: &str) -> &Value {
-        &self.fields[self.index(name)]
+        static NULL: Value = Value::Null;
+        match schema::index_of(self.type_id, name) {
+            Some(i) => self.fields.get(i).unwrap_or(&NULL),
+            None => &NULL,
+        }
     }
 
     pub fn set(&mut self, name: &str, value: Value) -> &mut Self {

@@ -882,6 +882,14 @@ fn split_tx(t: Transaction) -> TxParts {
     (sends, acks)
 }
 
+/// If the session task ends abnormally (a panic), the connection's business
+/// with the core still ends: nothing stays registered or in flight.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 fn rollback(t: Transaction) {
     for op in t.ops {
         if let TxOp::Ack {
