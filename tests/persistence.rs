@@ -337,3 +337,53 @@ async fn nothing_confirmed_is_lost_when_the_broker_is_killed() {
         after.len()
     );
 }
+
+/// The figures for the README: persistent sends confirmed one by one, with
+/// 1 and 4 producers, and the fsyncs they cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_throughput_and_fsyncs_per_message() {
+    let mut per_message = Vec::new();
+    for producers in [1usize, 4] {
+        let b = TestBroker::start().await;
+        let store = b.broker.store().unwrap().clone();
+        let fsyncs_before = store.stats().fsyncs.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut tasks = Vec::new();
+        for w in 0..producers {
+            let mut p = b.connect("1.2").await;
+            tasks.push(tokio::spawn(async move {
+                let body = "x".repeat(1024);
+                let mut n = 0usize;
+                while tokio::time::Instant::now() < deadline {
+                    let r = format!("{w}-{n}");
+                    p.send(&persistent("/queue/perf", &body, &r)).await;
+                    p.expect_receipt(&r).await;
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let fsyncs = store.stats().fsyncs.load(Ordering::Relaxed) - fsyncs_before;
+        let ratio = fsyncs as f64 / total as f64;
+        eprintln!(
+            "persistent, {producers} producer(s), 1 KiB, each send confirmed: {:.0} msg/s, {:.3} fsyncs/message",
+            total as f64 / 1.5,
+            ratio
+        );
+        per_message.push(ratio);
+        assert!(total > 10, "{total} sends");
+        b.stop().await;
+    }
+    assert!(
+        per_message[0] > 0.5,
+        "one synchronous producer: about one fsync per send"
+    );
+    assert!(
+        per_message[1] < per_message[0],
+        "group commit: 4 producers share fsyncs"
+    );
+}
