@@ -387,3 +387,36 @@ async fn persistent_throughput_and_fsyncs_per_message() {
         "group commit: 4 producers share fsyncs"
     );
 }
+
+#[tokio::test]
+async fn recovery_keeps_priority_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut p = b.connect("1.2").await;
+    for (i, prio) in ["1", "9", "5", "9", "1"].iter().enumerate() {
+        let r = format!("r{i}");
+        p.send(
+            &frame(
+                Command::Send,
+                &[
+                    ("destination", "/queue/prio"),
+                    ("persistent", "true"),
+                    ("priority", prio),
+                    ("receipt", &r),
+                ],
+            )
+            .with_body(format!("p{prio}-{i}").into_bytes()),
+        )
+        .await;
+        p.expect_receipt(&r).await;
+    }
+    b.stop().await;
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/prio", "auto", &[]).await;
+    assert_eq!(
+        drain(&mut c).await,
+        ["p9-1", "p9-3", "p5-2", "p1-0", "p1-4"]
+    );
+    b.stop().await;
+}

@@ -143,11 +143,14 @@ impl Queue {
             let mut st = self.lock();
             let order = st.next_order;
             st.next_order += 1;
-            st.pending.push_back(Entry {
-                order,
-                message,
-                redelivery_count: 0,
-            });
+            insert_pending(
+                &mut st.pending,
+                Entry {
+                    order,
+                    message,
+                    redelivery_count: 0,
+                },
+            );
             self.memory.fetch_add(size, Ordering::Relaxed);
             self.dispatch(&mut st)
         };
@@ -618,8 +621,25 @@ impl Queue {
 /// destination's original order.
 fn requeue(pending: &mut VecDeque<Entry>, back: Vec<Entry>) {
     for entry in back.into_iter().rev() {
-        let pos = pending.partition_point(|e| e.order < entry.order);
-        pending.insert(pos, entry);
+        insert_pending(pending, entry);
+    }
+}
+
+/// Pending messages are kept highest JMS priority first, then in arrival
+/// order (FIFO within a priority). Equal priorities, the common case, only
+/// ever append.
+fn pending_key(e: &Entry) -> (std::cmp::Reverse<u8>, u64) {
+    (std::cmp::Reverse(e.message.priority), e.order)
+}
+
+fn insert_pending(pending: &mut VecDeque<Entry>, entry: Entry) {
+    let key = pending_key(&entry);
+    match pending.back() {
+        Some(last) if pending_key(last) > key => {
+            let pos = pending.partition_point(|e| pending_key(e) < key);
+            pending.insert(pos, entry);
+        }
+        _ => pending.push_back(entry),
     }
 }
 

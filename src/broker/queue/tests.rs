@@ -282,3 +282,27 @@ fn paused_consumer_gets_nothing_until_given_credit() {
     q.set_prefetch(1, 5);
     assert_eq!(sa.bodies(), ["m"]);
 }
+
+#[test]
+fn higher_priority_first_fifo_within_a_priority() {
+    let (_b, q) = setup();
+    for (i, p) in [4u8, 9, 4, 0, 9, 7].iter().enumerate() {
+        let mut m = Message::clone(&msg(i as u64, &format!("p{p}-{i}"), false));
+        m.priority = *p;
+        q.send(Arc::new(m));
+    }
+    let (a, sa) = consumer(1, 100);
+    q.add_consumer(a);
+    assert_eq!(
+        sa.bodies(),
+        ["p9-1", "p9-4", "p7-5", "p4-0", "p4-2", "p0-3"]
+    );
+    // A redelivered message goes back to its place.
+    q.remove_consumer(1, 0, false);
+    let (b, sb) = consumer(2, 100);
+    q.add_consumer(b);
+    assert_eq!(
+        sb.bodies(),
+        ["p9-1", "p9-4", "p7-5", "p4-0", "p4-2", "p0-3"]
+    );
+}
