@@ -8,7 +8,9 @@
 
 pub mod broker;
 pub mod bstr;
+pub mod client;
 pub mod config;
+pub mod loadtool;
 pub mod openwire;
 pub mod stomp;
 pub mod store;

@@ -26,6 +26,16 @@ struct Cli {
     /// OpenWire-only listener address (disabled unless given).
     #[arg(long, value_name = "ADDR")]
     openwire_addr: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Send messages (load tool, like `activemq producer`).
+    Producer(ferromq::loadtool::ProducerArgs),
+    /// Receive messages (load tool, like `activemq consumer`).
+    Consumer(ferromq::loadtool::ConsumerArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +46,9 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if let Some(cmd) = cli.command {
+        return run_tool(cmd);
+    }
     let mut config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -71,6 +84,45 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+fn run_tool(cmd: Cmd) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferromq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (result, json) = runtime.block_on(async {
+        match cmd {
+            Cmd::Producer(a) => {
+                let json = a.common.json;
+                (ferromq::loadtool::run_producer(a).await, json)
+            }
+            Cmd::Consumer(a) => {
+                let json = a.common.json;
+                (ferromq::loadtool::run_consumer(a).await, json)
+            }
+        }
+    });
+    match result {
+        Ok(summary) => {
+            summary.print(json);
+            if summary.errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("ferromq: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<Config, ferromq::config::ConfigError> {
