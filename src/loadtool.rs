@@ -798,7 +798,7 @@ async fn consume_openwire(
                 tx = None;
                 in_tx = 0;
             }
-        } else if got % 64 == 0 {
+        } else if got.is_multiple_of(64) {
             c.flush().await?;
         }
     }
