@@ -604,6 +604,9 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     (index, recovered, max_id)
 }
 
+/// How soon records that nobody waited for are fsynced when the journal goes idle.
+const UNWAITED_SYNC_DELAY: Duration = Duration::from_millis(50);
+
 /// The writer thread's state.
 struct Writer {
     journal: Journal,
@@ -635,26 +638,32 @@ impl Writer {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 while p.queue.is_empty() && !p.closed {
-                    p = match self.config.sync {
-                        SyncPolicy::Periodic(every) if self.dirty => {
-                            let (mut p, _) = self
-                                .shared
-                                .wake
-                                .wait_timeout(p, every)
-                                .unwrap_or_else(|e| e.into_inner());
-                            if p.queue.is_empty() {
-                                drop(p);
-                                self.periodic_sync();
-                                p = self
-                                    .shared
-                                    .pending
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner());
-                            }
-                            p
-                        }
-                        _ => self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner()),
+                    if !self.dirty {
+                        p = self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                        continue;
+                    }
+                    // Something written is not yet durable: sync it when
+                    // the journal goes quiet (after the periodic interval, or
+                    // soon for acknowledgements nobody waited for).
+                    let quiet = match self.config.sync {
+                        SyncPolicy::Periodic(every) => every,
+                        SyncPolicy::Always => UNWAITED_SYNC_DELAY,
                     };
+                    let (q, timeout) = self
+                        .shared
+                        .wake
+                        .wait_timeout(p, quiet)
+                        .unwrap_or_else(|e| e.into_inner());
+                    p = q;
+                    if timeout.timed_out() && p.queue.is_empty() {
+                        drop(p);
+                        self.periodic_sync();
+                        p = self
+                            .shared
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                    }
                 }
                 (std::mem::take(&mut p.queue), p.closed)
             };
@@ -720,6 +729,11 @@ impl Writer {
         }
         if result.is_ok() && !placed.is_empty() {
             self.dirty = true;
+        }
+        // Only what somebody waits for needs an fsync now: acknowledgements
+        // submitted without waiting ride on the next one (or the idle sync).
+        let awaited = batch.iter().any(|s| s.done.is_some());
+        if result.is_ok() && self.dirty && awaited {
             let sync_now = match self.config.sync {
                 SyncPolicy::Always => true,
                 SyncPolicy::Periodic(every) => self.last_sync.elapsed() >= every,
