@@ -934,13 +934,34 @@ impl Broker {
         target: &Target,
         mut message: Message,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
-        if let Some(op) = self.persist_op(target, &mut message) {
-            self.store_room().await?;
-            if let Some(store) = &self.store {
+        let Some(op) = self.persist_op(target, &mut message) else {
+            return Ok(target.send(Arc::new(message)));
+        };
+        self.store_room().await?;
+        let Some(store) = &self.store else {
+            return Ok(target.send(Arc::new(message)));
+        };
+        match target {
+            // Store and dispatch at once: a consumer may have the message
+            // (and acknowledge it, which cancels both records) before the
+            // journal writes it. The producer is told only once it is
+            // durable (or consumed).
+            Target::Queue(q) => {
+                let id = message.store_id;
+                let durable = store.start_write(vec![op]);
+                let full = target.send(Arc::new(message));
+                if let Err(e) = durable.await {
+                    // Not stored: take it back if nobody has it yet.
+                    q.withdraw(id);
+                    return Err(e);
+                }
+                Ok(full)
+            }
+            _ => {
                 store.write(vec![op]).await?;
+                Ok(target.send(Arc::new(message)))
             }
         }
-        Ok(target.send(Arc::new(message)))
     }
 
     /// Commits a transaction: its persistent sends and its acknowledgements

@@ -460,6 +460,29 @@ impl Queue {
             .map(|f| f.seq)
     }
 
+    /// Takes back a pending message (its persistent send failed). Returns
+    /// whether it was still waiting for a consumer.
+    pub fn withdraw(&self, store_id: u64) -> bool {
+        let removed = {
+            let mut st = self.lock();
+            match st
+                .pending
+                .iter()
+                .position(|e| e.message.store_id == store_id)
+            {
+                Some(pos) => st.pending.remove(pos),
+                None => None,
+            }
+        };
+        match removed {
+            Some(e) => {
+                self.release(e.message.memory_size());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Messages waiting for a consumer, oldest first (a browser's view).
     pub fn browse(&self) -> Vec<Arc<Message>> {
         self.lock()

@@ -362,6 +362,8 @@ pub struct StoreStats {
     pub batches: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub compactions: AtomicU64,
+    /// Queue messages consumed before their record was written (never written).
+    pub cancelled: AtomicU64,
 }
 
 pub struct Store {
@@ -441,9 +443,19 @@ impl Store {
 
     /// Records `ops` atomically; resolves once they are durable (or failed).
     pub async fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.start_write(ops).await
+    }
+
+    /// Queues `ops` for the journal now; the returned future resolves when
+    /// they are durable. (What is submitted is ordered before anything
+    /// submitted after this call returns, even before the future is polled.)
+    pub fn start_write(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(ops, Some(tx));
-        rx.await.unwrap_or(Err(StoreError::Closed))
+        async move { rx.await.unwrap_or(Err(StoreError::Closed)) }
     }
 
     /// Records `ops` without waiting (acknowledgements): they are ordered
@@ -689,7 +701,49 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: Vec<Submission>) {
+    /// A queue message added and consumed within the same batch never needs
+    /// to reach the disk (ActiveMQ's concurrent store and dispatch): both
+    /// records are dropped. Only lone Adds are cancelled (a transaction's
+    /// records stay whole); Removes of them may come from anywhere.
+    fn cancel_consumed(batch: &mut [Submission]) -> u64 {
+        let lone_adds: HashSet<u64> = batch
+            .iter()
+            .filter_map(|s| match s.ops.as_slice() {
+                [Op::Add { id, subs, .. }] if subs.is_empty() => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if lone_adds.is_empty() {
+            return 0;
+        }
+        let removed: HashSet<u64> = batch
+            .iter()
+            .flat_map(|s| s.ops.iter())
+            .filter_map(|op| match op {
+                Op::Remove { id } if lone_adds.contains(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if removed.is_empty() {
+            return 0;
+        }
+        for s in batch.iter_mut() {
+            s.ops.retain(|op| match op {
+                Op::Add { id, .. } | Op::Remove { id } => !removed.contains(id),
+                _ => true,
+            });
+        }
+        removed.len() as u64
+    }
+
+    fn write_batch(&mut self, mut batch: Vec<Submission>) {
+        let cancelled = Self::cancel_consumed(&mut batch);
+        if cancelled > 0 {
+            self.shared
+                .stats
+                .cancelled
+                .fetch_add(cancelled, Ordering::Relaxed);
+        }
         let mut placed: Vec<(Op, Location)> = Vec::new();
         let mut result = Ok(());
         let mut scratch = Vec::with_capacity(4096);

@@ -328,3 +328,55 @@ fn removes_in_one_batch_free_the_segments() {
         );
     });
 }
+
+#[test]
+fn a_message_consumed_before_it_is_written_is_never_written() {
+    let q = Destination::queue("q");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    let keep = add(&store, &q, "kept", vec![]);
+    let gone = add(&store, &q, "consumed at once", vec![]);
+    let (Op::Add { id: keep_id, .. }, Op::Add { id: gone_id, .. }) = (&keep, &gone) else {
+        unreachable!()
+    };
+    let (keep_id, gone_id) = (*keep_id, *gone_id);
+    let mut batch = vec![
+        Submission {
+            ops: vec![keep],
+            done: None,
+        },
+        Submission {
+            ops: vec![gone],
+            done: None,
+        },
+        Submission {
+            ops: vec![Op::Remove { id: gone_id }, Op::Remove { id: 999_999 }],
+            done: None,
+        },
+    ];
+    assert_eq!(Writer::cancel_consumed(&mut batch), 1);
+    assert!(matches!(batch[0].ops.as_slice(), [Op::Add { id, .. }] if *id == keep_id));
+    assert!(batch[1].ops.is_empty());
+    assert!(matches!(
+        batch[2].ops.as_slice(),
+        [Op::Remove { id: 999_999 }]
+    ));
+    // A transaction's Add is never cancelled.
+    let tx_add = add(&store, &q, "in a transaction", vec![]);
+    let Op::Add { id: tx_id, .. } = &tx_add else {
+        unreachable!()
+    };
+    let tx_id = *tx_id;
+    let mut batch = vec![
+        Submission {
+            ops: vec![tx_add, Op::Remove { id: 1 }],
+            done: None,
+        },
+        Submission {
+            ops: vec![Op::Remove { id: tx_id }],
+            done: None,
+        },
+    ];
+    assert_eq!(Writer::cancel_consumed(&mut batch), 0);
+    assert_eq!(batch[1].ops.len(), 1);
+}
