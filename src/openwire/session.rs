@@ -308,14 +308,7 @@ pub async fn serve(
     };
     debug!(%reason, "connection closing");
     session.close();
-    token.cancel();
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(5), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    crate::transport::join_writer(writer, &token).await;
     info!(%reason, "OpenWire connection closed");
 }
 

@@ -260,15 +260,7 @@ pub async fn serve(
     };
     debug!(%reason, "connection closing");
     session.close();
-    conn_token.cancel();
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(5), writer)
-        .await
-        .is_err()
-    {
-        // The peer stopped reading: do not keep its writer around.
-        abort.abort();
-    }
+    crate::transport::join_writer(writer, &conn_token).await;
     info!(%reason, "STOMP connection closed");
 }
 

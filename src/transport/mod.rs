@@ -4,6 +4,19 @@
 pub mod activity;
 pub mod outbox;
 
+/// Ends a connection's writer task: it flushes what the session queued,
+/// but a peer that stopped reading does not keep it around for long.
+pub async fn join_writer(writer: tokio::task::JoinHandle<()>, token: &CancellationToken) {
+    token.cancel();
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+}
+
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::openwire::session::OpenWireSettings;
