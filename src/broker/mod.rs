@@ -152,6 +152,7 @@ struct DurableSub {
     topic: Arc<Topic>,
     sub_id: u64,
     queue: Arc<Queue>,
+    no_local: bool,
     /// The active consumer, if any.
     consumer: Mutex<Option<u64>>,
 }
@@ -621,6 +622,22 @@ impl Broker {
         };
         let topic = self.topic(&destination.name);
         let key: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(sub_name));
+        // Subscribing again under the same name to another topic, or with
+        // another noLocal, replaces the subscription (as JMS and ActiveMQ do).
+        let changed = self
+            .durables
+            .get(&key)
+            .is_some_and(|d| d.topic.destination() != destination || d.no_local != spec.no_local);
+        if changed {
+            match self.remove_durable(client_id, sub_name) {
+                Err(BrokerError::DurableInUse) => return Err(BrokerError::DurableInUse),
+                _ => tracing::info!(
+                    client_id,
+                    subscription = sub_name,
+                    "durable subscription changed: recreated"
+                ),
+            }
+        }
         let durable = self
             .durables
             .entry(key.clone())
@@ -879,6 +896,7 @@ impl Broker {
             topic: topic.clone(),
             sub_id,
             queue,
+            no_local,
             consumer: Mutex::new(None),
         })
     }

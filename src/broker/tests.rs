@@ -115,3 +115,23 @@ fn client_ids_are_exclusive() {
     broker.release_client_id("c", 1);
     broker.register_client_id("c", 3, "tcp://b").unwrap();
 }
+
+#[test]
+fn a_durable_subscription_moved_to_another_topic_is_recreated() {
+    let broker = Broker::new(CoreConfig::default());
+    let (a, b) = (Destination::topic("a"), Destination::topic("b"));
+    let (s1, _) = spec(&broker, 1, false);
+    let sub = broker.subscribe(&a, s1, Some(("c", "n"))).unwrap();
+    broker.unsubscribe(&sub, 0, false);
+    broker.target(&a).send(topic_msg(1, 9));
+    // Same name, another topic: the old subscription and its message are gone.
+    let (s2, c2) = spec(&broker, 2, false);
+    let sub = broker.subscribe(&b, s2, Some(("c", "n"))).unwrap();
+    assert_eq!(c2.count(), 0);
+    broker.target(&a).send(topic_msg(2, 9));
+    assert_eq!(c2.count(), 0, "no longer on topic a");
+    broker.target(&b).send(topic_msg(3, 9));
+    assert_eq!(c2.count(), 1);
+    assert_eq!(broker.topic("a").subscription_count(), 0);
+    broker.unsubscribe(&sub, 1, false);
+}

@@ -824,6 +824,14 @@ impl Session {
                         let seqs = queue
                             .ack_between(consumer, from, last, AckAction::Hold)
                             .unwrap_or_default();
+                        // Acknowledgements count against the transaction's budget too.
+                        t.bytes += seqs.len() * 8;
+                        if t.bytes > self.settings.max_transaction_bytes {
+                            return Err(JmsError::new(
+                                "javax.jms.ResourceAllocationException",
+                                format!("Transaction '{tx}' is over its size limit"),
+                            ));
+                        }
                         t.ops.push(TxOp::Ack {
                             queue,
                             consumer,

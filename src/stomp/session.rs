@@ -745,6 +745,14 @@ impl Session {
                 let seqs = queue
                     .ack(consumer, seq, cumulative, AckAction::Hold)
                     .map_err(failed)?;
+                // Acknowledgements count against the transaction's budget too.
+                t.bytes += seqs.len() * 8;
+                if t.bytes > self.settings.max_transaction_bytes {
+                    return Err(ProtocolError::soft(format!(
+                        "Transaction {tx} is over its size limit of {} bytes",
+                        self.settings.max_transaction_bytes
+                    )));
+                }
                 t.ops.push(TxOp::Ack {
                     queue,
                     consumer,
