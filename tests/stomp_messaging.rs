@@ -695,3 +695,78 @@ async fn pipelined_throughput() {
         n as f64 / secs
     );
 }
+
+#[tokio::test]
+async fn selectors_on_queues_and_topics() {
+    let b = TestBroker::start().await;
+    let mut c = b.connect("1.2").await;
+    c.subscribe(
+        "big",
+        "/queue/sel",
+        "auto",
+        &[("selector", "n > 10 AND kind = 'order'")],
+    )
+    .await;
+    let mut t = b.connect("1.2").await;
+    t.subscribe(
+        "t",
+        "/topic/sel",
+        "auto",
+        &[("selector", "region IN ('eu', 'us')")],
+    )
+    .await;
+    let mut p = b.connect("1.2").await;
+    for (n, kind) in [
+        ("5", "order"),
+        ("50", "order"),
+        ("500", "quote"),
+        ("20", "order"),
+    ] {
+        p.send(
+            &frame(
+                Command::Send,
+                &[("destination", "/queue/sel"), ("n", n), ("kind", kind)],
+            )
+            .with_body(format!("{n}-{kind}")),
+        )
+        .await;
+    }
+    for region in ["asia", "eu", "us"] {
+        p.send(
+            &frame(
+                Command::Send,
+                &[("destination", "/topic/sel"), ("region", region)],
+            )
+            .with_body(region.to_string()),
+        )
+        .await;
+    }
+    p.send_text("/queue/other", "sync", Some("r")).await;
+    assert_eq!(body(&c.expect_message().await), "50-order");
+    assert_eq!(body(&c.expect_message().await), "20-order");
+    assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
+    assert_eq!(body(&t.expect_message().await), "eu");
+    assert_eq!(body(&t.expect_message().await), "us");
+    // The others are still on the queue for a plain consumer.
+    let mut all = b.connect("1.2").await;
+    all.subscribe("all", "/queue/sel", "auto", &[]).await;
+    assert_eq!(body(&all.expect_message().await), "5-order");
+    assert_eq!(body(&all.expect_message().await), "500-quote");
+    // A bad selector is refused clearly.
+    c.send(&frame(
+        Command::Subscribe,
+        &[
+            ("id", "bad"),
+            ("destination", "/queue/sel"),
+            ("selector", "n >"),
+            ("receipt", "x"),
+        ],
+    ))
+    .await;
+    assert!(c
+        .expect_error()
+        .await
+        .header("message")
+        .unwrap()
+        .contains("InvalidSelectorException"));
+}

@@ -12,6 +12,7 @@
 pub mod destination;
 pub mod message;
 pub mod queue;
+pub mod selector;
 pub mod subscription;
 pub mod topic;
 
@@ -153,6 +154,7 @@ struct DurableSub {
     sub_id: u64,
     queue: Arc<Queue>,
     no_local: bool,
+    selector: Option<Arc<selector::Selector>>,
     /// The active consumer, if any.
     consumer: Mutex<Option<u64>>,
 }
@@ -624,10 +626,11 @@ impl Broker {
         let key: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(sub_name));
         // Subscribing again under the same name to another topic, or with
         // another noLocal, replaces the subscription (as JMS and ActiveMQ do).
-        let changed = self
-            .durables
-            .get(&key)
-            .is_some_and(|d| d.topic.destination() != destination || d.no_local != spec.no_local);
+        let changed = self.durables.get(&key).is_some_and(|d| {
+            d.topic.destination() != destination
+                || d.no_local != spec.no_local
+                || d.selector.as_ref().map(|s| s.text()) != spec.selector.as_ref().map(|s| s.text())
+        });
         if changed {
             match self.remove_durable(client_id, sub_name) {
                 Err(BrokerError::DurableInUse) => return Err(BrokerError::DurableInUse),
@@ -651,9 +654,17 @@ impl Broker {
                         name: Arc::from(sub_name),
                         topic: destination.clone(),
                         no_local: spec.no_local,
+                        selector: spec.selector.as_ref().map(|s| Arc::from(s.text())),
                     }]);
                 }
-                self.new_durable(store_id, &topic, destination, spec.no_local, spec.connection)
+                self.new_durable(
+                    store_id,
+                    &topic,
+                    destination,
+                    spec.no_local,
+                    spec.connection,
+                    spec.selector.clone(),
+                )
             })
             .clone();
         {
@@ -704,6 +715,7 @@ impl Broker {
                 queue: queue.clone(),
                 no_local: spec.no_local,
                 connection: spec.connection,
+                selector: spec.selector.clone(),
             });
             if d.name.as_ref() == TEMP_QUEUE_ADVISORY || d.name.as_ref() == TEMP_TOPIC_ADVISORY {
                 for m in self.temp_advisories(&d.name) {
@@ -876,6 +888,7 @@ impl Broker {
         destination: &Destination,
         no_local: bool,
         connection: u64,
+        selector: Option<Arc<selector::Selector>>,
     ) -> Arc<DurableSub> {
         let sub_id = self.next_id();
         let queue = Arc::new(Queue::new(
@@ -890,6 +903,7 @@ impl Broker {
             queue: queue.clone(),
             no_local,
             connection,
+            selector: selector.clone(),
         });
         Arc::new(DurableSub {
             store_id,
@@ -897,6 +911,7 @@ impl Broker {
             sub_id,
             queue,
             no_local,
+            selector,
             consumer: Mutex::new(None),
         })
     }
@@ -1035,7 +1050,12 @@ impl Broker {
         let mut by_store_id: std::collections::HashMap<u64, Arc<DurableSub>> = Default::default();
         for sub in recovered.subs {
             let topic = self.topic(&sub.topic.name);
-            let d = self.new_durable(sub.sub, &topic, &sub.topic, sub.no_local, 0);
+            let selector = sub
+                .selector
+                .as_deref()
+                .and_then(|s| selector::Selector::parse(s, false).ok())
+                .map(Arc::new);
+            let d = self.new_durable(sub.sub, &topic, &sub.topic, sub.no_local, 0, selector);
             self.durables
                 .insert((sub.client_id.clone(), sub.name.clone()), d.clone());
             by_store_id.insert(sub.sub, d);

@@ -543,25 +543,36 @@ impl Queue {
             return dead;
         }
         let mut now = None;
-        'messages: while let Some(front) = st.pending.front() {
+        // Without selectors the first pending message either goes to a
+        // consumer or nobody has credit: no scanning. With selectors, a
+        // message nobody with credit selects waits, and later ones are
+        // looked at (at most MAX_SCAN per pass, like ActiveMQ's paging).
+        let mut at = 0;
+        'messages: while at < st.pending.len() && at < MAX_SCAN {
+            let front = &st.pending[at];
             if front.message.expiration > 0
                 && front
                     .message
                     .is_expired(*now.get_or_insert_with(now_millis))
             {
-                let entry = st.pending.pop_front().expect("front exists");
+                let entry = st.pending.remove(at).expect("index checked");
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
                 self.release(entry.message.memory_size());
                 dead.push((entry.message, DeadCause::Expired));
                 continue;
             }
             let n = st.consumers.len();
+            let mut any_credit = false;
             for k in 0..n {
                 let i = (st.next_consumer + k) % n;
                 if !st.consumers[i].has_credit() {
                     continue;
                 }
-                let entry = st.pending.pop_front().expect("front exists");
+                any_credit = true;
+                if !st.consumers[i].accepts(&st.pending[at].message) {
+                    continue;
+                }
+                let entry = st.pending.remove(at).expect("index checked");
                 let slot = &mut st.consumers[i];
                 let seq = slot.next_seq;
                 let delivery = Delivery {
@@ -582,11 +593,14 @@ impl Queue {
                     self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
                 } else {
                     slot.dead = true;
-                    st.pending.push_front(entry);
+                    st.pending.insert(at, entry);
                 }
                 continue 'messages;
             }
-            break;
+            if !any_credit {
+                break;
+            }
+            at += 1;
         }
         dead
     }
@@ -639,6 +653,10 @@ impl Queue {
         }
     }
 }
+
+/// Pending messages one dispatch pass looks at, at most, for consumers with
+/// selectors.
+const MAX_SCAN: usize = 10_000;
 
 /// Puts entries (sorted by order) back among the pending ones, keeping the
 /// destination's original order.

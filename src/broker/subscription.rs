@@ -42,6 +42,8 @@ pub struct ConsumerSpec {
     /// Deliveries that may be unacknowledged at once; 0 pauses dispatch.
     pub prefetch: u32,
     pub no_local: bool,
+    /// Only messages this selects are dispatched to the consumer.
+    pub selector: Option<Arc<crate::broker::selector::Selector>>,
     pub sink: Arc<dyn DeliverySink>,
 }
 
@@ -89,6 +91,11 @@ impl ConsumerSlot {
 
     pub fn has_credit(&self) -> bool {
         !self.dead && (self.credit_used < self.spec.prefetch || self.pull_credit > 0)
+    }
+
+    /// Whether the consumer's selector (if any) selects the message.
+    pub fn accepts(&self, m: &Message) -> bool {
+        self.spec.selector.as_ref().is_none_or(|s| s.matches(m))
     }
 
     /// Takes the credit for one dispatch.

@@ -32,6 +32,7 @@ fn spec(broker: &Broker, connection: u64, no_local: bool) -> (ConsumerSpec, Arc<
             connection,
             prefetch: 100,
             no_local,
+            selector: None,
             sink: sink.clone(),
         },
         sink,

@@ -16,6 +16,8 @@ pub struct TopicSub {
     /// Skip messages produced by `connection` (JMS noLocal).
     pub no_local: bool,
     pub connection: u64,
+    /// Only messages this selects go to the subscription.
+    pub selector: Option<Arc<crate::broker::selector::Selector>>,
 }
 
 pub struct Topic {
@@ -42,6 +44,9 @@ impl Topic {
         let mut full = Vec::new();
         for sub in subs.iter() {
             if sub.no_local && sub.connection == message.producer_connection {
+                continue;
+            }
+            if sub.selector.as_ref().is_some_and(|s| !s.matches(message)) {
                 continue;
             }
             if sub.queue.send(message.clone()) {

@@ -17,6 +17,7 @@
 use crate::broker::destination::Destination;
 use crate::broker::message::{now_millis, Message};
 use crate::broker::queue::{AckAction, Queue};
+use crate::broker::selector::Selector;
 use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::openwire::codec::{
@@ -596,12 +597,12 @@ impl Session {
                     "Destination must not be null",
                 )
             })?;
-        if c.str("selector").is_some_and(|s| !s.trim().is_empty()) {
-            return Err(JmsError::new(
-                "javax.jms.InvalidSelectorException",
-                "Message selectors are not supported by this broker version",
-            ));
-        }
+        let selector = match c.str("selector").filter(|s| !s.trim().is_empty()) {
+            Some(s) => Some(Arc::new(Selector::parse(s, false).map_err(|e| {
+                JmsError::new("javax.jms.InvalidSelectorException", format!("{e}: {s}"))
+            })?)),
+            None => None,
+        };
         let consumer_id = self.broker.next_id();
         let ctx = Arc::new(ConsumerCtx {
             id_value: Value::obj(id_struct.clone()),
@@ -626,7 +627,7 @@ impl Session {
                 },
             );
             self.respond(c).await;
-            self.browse(&ctx, &destination).await;
+            self.browse(&ctx, &destination, selector.as_deref()).await;
             return Ok(Reply::Sent);
         }
         let prefetch = c.int("prefetchSize").max(0) as u32;
@@ -653,6 +654,7 @@ impl Session {
             connection: self.connection,
             prefetch: 0,
             no_local: c.bool("noLocal"),
+            selector,
             sink: Arc::new(Sink {
                 outbox: self.outbox.clone(),
                 ctx: ctx.clone(),
@@ -678,14 +680,19 @@ impl Session {
     }
 
     /// Sends a queue browser the messages waiting now, then the end marker.
-    async fn browse(&self, ctx: &Arc<ConsumerCtx>, destination: &Destination) {
+    async fn browse(
+        &self,
+        ctx: &Arc<ConsumerCtx>,
+        destination: &Destination,
+        selector: Option<&Selector>,
+    ) {
         let messages = match self.broker.find_queue(&destination.name) {
             Some(q) => q.browse(),
             None => Vec::new(),
         };
         let now = now_millis();
         for (i, m) in messages.iter().enumerate() {
-            if m.is_expired(now) {
+            if m.is_expired(now) || selector.is_some_and(|s| !s.matches(m)) {
                 continue;
             }
             let dispatch = Struct::new(schema::MESSAGE_DISPATCH)

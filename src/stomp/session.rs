@@ -16,6 +16,7 @@
 use crate::broker::destination::Destination;
 use crate::broker::message::{ConsumerName, Message, MessageId};
 use crate::broker::queue::{AckAction, Queue};
+use crate::broker::selector::Selector;
 use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::bstr::ByteStr;
@@ -535,14 +536,14 @@ impl Session {
         // Anything but client / client-individual means auto, as in ActiveMQ.
         let ack_mode =
             AckMode::parse(frame.header("ack").map(|v| v.as_str())).unwrap_or(AckMode::Auto);
-        if frame
-            .header("selector")
-            .is_some_and(|s| !s.trim().is_empty())
-        {
-            return Err(ProtocolError::soft(
-                "Message selectors are not supported by this broker version",
-            ));
-        }
+        // STOMP properties are all strings: compare them with numbers by
+        // converting, as ActiveMQ's STOMP connector does.
+        let selector = match frame.header("selector").filter(|s| !s.trim().is_empty()) {
+            Some(s) => Some(Arc::new(Selector::parse(s, true).map_err(|e| {
+                ProtocolError::soft(format!("javax.jms.InvalidSelectorException: {e}: {s}"))
+            })?)),
+            None => None,
+        };
         let destination = parse_destination(&dest_name)?;
         let durable_name = frame
             .header("activemq.subscriptionName")
@@ -595,6 +596,7 @@ impl Session {
             connection: self.connection,
             prefetch: 0,
             no_local,
+            selector,
             sink: Arc::new(Sink {
                 outbox: self.outbox.clone(),
                 ctx: ctx.clone(),

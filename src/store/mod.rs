@@ -111,6 +111,8 @@ pub enum Op {
         name: Arc<str>,
         topic: Destination,
         no_local: bool,
+        /// The subscription's selector, as written.
+        selector: Option<Arc<str>>,
     },
     SubRemove {
         sub: u64,
@@ -158,12 +160,16 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) -> u8 {
             name,
             topic,
             no_local,
+            selector,
         } => {
             out.put_u64_le(*sub);
             put_bytes(out, client_id.as_bytes());
             put_bytes(out, name.as_bytes());
             put_destination(out, topic);
             out.put_u8(*no_local as u8);
+            if let Some(s) = selector {
+                put_bytes(out, s.as_bytes());
+            }
             kind::SUB_ADD
         }
         Op::SubRemove { sub } => {
@@ -204,6 +210,11 @@ fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
             name: Arc::from(c.str()?.as_str()),
             topic: c.destination()?,
             no_local: c.u8()? != 0,
+            selector: if c.is_empty() {
+                None
+            } else {
+                Some(Arc::from(c.str()?.as_str()))
+            },
         },
         kind::SUB_REMOVE => Op::SubRemove { sub: c.u64()? },
         _ => return Err(codec::DecodeError("record kind")),
@@ -233,6 +244,7 @@ pub struct RecoveredSub {
     pub name: Arc<str>,
     pub topic: Destination,
     pub no_local: bool,
+    pub selector: Option<Arc<str>>,
 }
 
 /// Everything live in the journal at start-up, in store order.
@@ -567,6 +579,7 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
                     name,
                     topic,
                     no_local,
+                    selector,
                 } => {
                     max_id = max_id.max(*sub);
                     subs.insert(
@@ -577,6 +590,7 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
                             name: name.clone(),
                             topic: topic.clone(),
                             no_local: *no_local,
+                            selector: selector.clone(),
                         },
                     );
                 }

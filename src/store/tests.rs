@@ -92,6 +92,7 @@ fn a_topic_message_is_stored_once_for_its_durable_subscriptions() {
                     name: Arc::from(name),
                     topic: t.clone(),
                     no_local: false,
+                    selector: (name == "b").then(|| Arc::from("n > 1")),
                 }])
                 .await
                 .unwrap();
@@ -109,6 +110,12 @@ fn a_topic_message_is_stored_once_for_its_durable_subscriptions() {
     });
     let (_, r) = Store::open(config(dir.path())).unwrap();
     assert_eq!(r.subs.len(), 2);
+    assert_eq!(
+        r.subs[1].selector.as_deref(),
+        Some("n > 1"),
+        "a selector survives"
+    );
+    assert_eq!(r.subs[0].selector, None);
     assert_eq!(r.messages.len(), 1);
     assert_eq!(
         r.messages[0].1,

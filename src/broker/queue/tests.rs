@@ -60,6 +60,7 @@ fn consumer(id: u64, prefetch: u32) -> (ConsumerSpec, Arc<Collect>) {
             connection: 1,
             prefetch,
             no_local: false,
+            selector: None,
             sink: sink.clone(),
         },
         sink,
@@ -305,4 +306,31 @@ fn higher_priority_first_fifo_within_a_priority() {
         sb.bodies(),
         ["p9-1", "p9-4", "p7-5", "p4-0", "p4-2", "p0-3"]
     );
+}
+
+#[test]
+fn selectors_pick_their_messages_and_the_rest_waits() {
+    use crate::broker::message::PropValue;
+    use crate::broker::selector::Selector;
+    let (_b, q) = setup();
+    let (mut red, sr) = consumer(1, 10);
+    red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
+    let (mut blue, sb) = consumer(2, 10);
+    blue.selector = Some(Arc::new(Selector::parse("color = 'blue'", false).unwrap()));
+    q.add_consumer(red);
+    for (i, c) in ["blue", "green", "red", "blue", "red"].iter().enumerate() {
+        let mut m = Message::clone(&msg(i as u64, &format!("{c}{i}"), false));
+        m.properties
+            .push(("color".into(), PropValue::String((*c).into())));
+        q.send(Arc::new(m));
+    }
+    // The red consumer skips the blue and green ones.
+    assert_eq!(sr.bodies(), ["red2", "red4"]);
+    q.add_consumer(blue);
+    assert_eq!(sb.bodies(), ["blue0", "blue3"]);
+    // Nobody selects green: it waits.
+    assert_eq!(q.pending_count(), 1);
+    let (plain, sp) = consumer(3, 10);
+    q.add_consumer(plain);
+    assert_eq!(sp.bodies(), ["green1"]);
 }

@@ -150,6 +150,7 @@ public final class JmsInteropTests {
         test("connectionStopAndStart", JmsInteropTests::connectionStopAndStart);
         // topics
         test("noLocalTopicSubscriber", JmsInteropTests::noLocalTopicSubscriber);
+        test("messageSelectors", JmsInteropTests::messageSelectors);
         test("durableSubscriberOfflineMessagesAndUnsubscribe", JmsInteropTests::durableSubscriberOfflineMessagesAndUnsubscribe);
         test("durableUnsubscribeUnknownName", JmsInteropTests::durableUnsubscribeUnknownName);
         test("durableUnsubscribeWhileActive", JmsInteropTests::durableUnsubscribeWhileActive);
@@ -1192,6 +1193,48 @@ public final class JmsInteropTests {
     }
 
     // ------------------------------------------------------------------ topics
+
+    static void messageSelectors() throws Exception {
+        String q = uniq("queue-test");
+        String t = uniq("topic-test");
+        Connection c = started(connect());
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer red = s.createConsumer(s.createQueue(q), "color = 'red' AND n > 0");
+            MessageConsumer eu = s.createConsumer(s.createTopic(t), "region IN ('eu', 'us') OR JMSPriority > 7");
+            MessageProducer p = s.createProducer(null);
+            String[][] sent = {{"red", "1"}, {"blue", "2"}, {"red", "0"}, {"red", "3"}, {"blue", "4"}};
+            for (String[] x : sent) {
+                TextMessage m = s.createTextMessage(x[0] + x[1]);
+                m.setStringProperty("color", x[0]);
+                m.setIntProperty("n", Integer.parseInt(x[1]));
+                p.send(s.createQueue(q), m);
+            }
+            for (String region : new String[] {"asia", "eu", "us"}) {
+                TextMessage m = s.createTextMessage(region);
+                m.setStringProperty("region", region);
+                p.send(s.createTopic(t), m);
+            }
+            TextMessage urgent = s.createTextMessage("urgent");
+            urgent.setStringProperty("region", "asia");
+            p.send(s.createTopic(t), urgent, DeliveryMode.NON_PERSISTENT, 9, 0);
+            eq("red1", text(recv(red, 5000, "first red")), "selected 1");
+            eq("red3", text(recv(red, 5000, "second red")), "selected 2");
+            expectNone(red, 500, "a message the selector does not select");
+            eq("eu", text(recv(eu, 5000, "eu")), "topic 1");
+            eq("us", text(recv(eu, 5000, "us")), "topic 2");
+            eq("urgent", text(recv(eu, 5000, "priority 9")), "topic 3");
+            // What nobody selected is still there for a plain consumer, in order.
+            MessageConsumer all = s.createConsumer(s.createQueue(q));
+            eq("blue2", text(recv(all, 5000, "blue2")), "rest 1");
+            eq("red0", text(recv(all, 5000, "red0")), "rest 2");
+            eq("blue4", text(recv(all, 5000, "blue4")), "rest 3");
+            expectThrows(javax.jms.InvalidSelectorException.class, "an invalid selector",
+                    () -> s.createConsumer(s.createQueue(q), "color = "));
+        } finally {
+            quietClose(c);
+        }
+    }
 
     static void noLocalTopicSubscriber() throws Exception {
         String t = uniq("topic-test");
