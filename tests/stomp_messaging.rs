@@ -770,3 +770,62 @@ async fn selectors_on_queues_and_topics() {
         .unwrap()
         .contains("InvalidSelectorException"));
 }
+
+#[tokio::test]
+async fn temporary_queues_for_request_reply() {
+    let b = TestBroker::start().await;
+    let mut requester = b.connect("1.2").await;
+    requester
+        .subscribe("replies", "/temp-queue/replies", "auto", &[])
+        .await;
+    let mut responder = b.connect("1.2").await;
+    responder
+        .subscribe("svc", "/queue/service", "auto", &[])
+        .await;
+    requester
+        .send(
+            &frame(
+                Command::Send,
+                &[
+                    ("destination", "/queue/service"),
+                    ("reply-to", "/temp-queue/replies"),
+                    ("receipt", "q"),
+                ],
+            )
+            .with_body("ping"),
+        )
+        .await;
+    requester.expect_receipt("q").await;
+    let req = responder.expect_message().await;
+    let reply_to = req.header("reply-to").unwrap().clone();
+    assert!(reply_to.starts_with("/remote-temp-queue/ID:"), "{reply_to}");
+    responder
+        .send(
+            &frame(
+                Command::Send,
+                &[("destination", &reply_to), ("receipt", "r")],
+            )
+            .with_body("pong"),
+        )
+        .await;
+    responder.expect_receipt("r").await;
+    let reply = requester.expect_message().await;
+    assert_eq!(body(&reply), "pong");
+    assert_eq!(reply.header("subscription").unwrap(), "replies");
+    // The temporary queue goes with its connection.
+    requester.disconnect().await;
+    responder
+        .send(
+            &frame(
+                Command::Send,
+                &[("destination", &reply_to), ("receipt", "gone")],
+            )
+            .with_body("late"),
+        )
+        .await;
+    let e = responder.expect_error().await;
+    assert!(
+        e.header("message").unwrap().contains("does not exist"),
+        "{e:?}"
+    );
+}

@@ -37,8 +37,24 @@ pub fn parse_destination(name: &str) -> Result<Destination, MappingError> {
 fn parse_prefixed(name: &str) -> Option<Destination> {
     if let Some(rest) = name.strip_prefix("/queue/") {
         Some(Destination::queue(rest))
+    } else if let Some(rest) = name.strip_prefix("/topic/") {
+        Some(Destination::topic(rest))
+    } else if let Some(rest) = name.strip_prefix("/remote-temp-queue/") {
+        Some(Destination::new(DestinationKind::TempQueue, rest))
     } else {
-        name.strip_prefix("/topic/").map(Destination::topic)
+        name.strip_prefix("/remote-temp-topic/")
+            .map(|rest| Destination::new(DestinationKind::TempTopic, rest))
+    }
+}
+
+/// `/temp-queue/NAME` or `/temp-topic/NAME`: a temporary destination of the
+/// sending connection, named by it (the kind and the connection's name).
+pub fn temp_name(name: &str) -> Option<(DestinationKind, &str)> {
+    if let Some(rest) = name.strip_prefix("/temp-queue/") {
+        Some((DestinationKind::TempQueue, rest))
+    } else {
+        name.strip_prefix("/temp-topic/")
+            .map(|rest| (DestinationKind::TempTopic, rest))
     }
 }
 
@@ -47,8 +63,9 @@ pub fn write_destination(out: &mut String, d: &Destination) {
     let prefix = match d.kind {
         DestinationKind::Queue => "/queue/",
         DestinationKind::Topic => "/topic/",
-        DestinationKind::TempQueue => "/temp-queue/",
-        DestinationKind::TempTopic => "/temp-topic/",
+        // As ActiveMQ shows another connection's temporary destinations.
+        DestinationKind::TempQueue => "/remote-temp-queue/",
+        DestinationKind::TempTopic => "/remote-temp-topic/",
     };
     out.push_str(prefix);
     out.push_str(&d.name);

@@ -199,6 +199,8 @@ struct Session {
     subs: HashMap<ByteStr, SubEntry>,
     txs: HashMap<ByteStr, Transaction>,
     targets: HashMap<ByteStr, (Destination, Target)>,
+    /// This connection's temporary destinations, by the name it gave them.
+    temps: HashMap<String, Destination>,
     control: mpsc::Sender<Ctl>,
     outbox: Arc<Outbox<Out>>,
     read_timeout: Option<Duration>,
@@ -249,6 +251,7 @@ pub async fn serve(
         subs: HashMap::new(),
         txs: HashMap::new(),
         targets: HashMap::new(),
+        temps: HashMap::new(),
         control,
         outbox,
         read_timeout: None,
@@ -447,6 +450,35 @@ impl Session {
         Ok(())
     }
 
+    /// A STOMP destination name as a core destination; `/temp-queue/NAME`
+    /// makes (once) a temporary queue of this connection, as ActiveMQ does.
+    fn destination(&mut self, name: &str) -> Result<Destination, ProtocolError> {
+        let Some((kind, own)) = mapping::temp_name(name.trim()) else {
+            return Ok(parse_destination(name)?);
+        };
+        if own.is_empty() {
+            return Err(ProtocolError::soft(format!(
+                "Invalid destination name: [{name}]"
+            )));
+        }
+        if let Some(d) = self.temps.get(own.trim()) {
+            return Ok(d.clone());
+        }
+        if self.temps.len() >= 1024 {
+            return Err(ProtocolError::soft(
+                "Too many temporary destinations on this connection",
+            ));
+        }
+        let d = Destination::new(
+            kind,
+            format!("{}:{}", self.connection_name, self.temps.len() + 1),
+        );
+        self.broker
+            .create_temp(&d, self.connection, &self.connection_name);
+        self.temps.insert(own.trim().to_string(), d.clone());
+        Ok(d)
+    }
+
     fn target(&mut self, name: &ByteStr) -> Result<(Destination, Target), ProtocolError> {
         if let Some((d, t)) = self.targets.get(name) {
             let live = t.is_live();
@@ -454,8 +486,11 @@ impl Session {
                 return Ok((d.clone(), t.clone()));
             }
         }
-        let destination = parse_destination(name)?;
-        let target = self.broker.target(&destination);
+        let destination = self.destination(name)?;
+        let target = self
+            .broker
+            .resolve(&destination)
+            .map_err(|e| ProtocolError::soft(e.to_string()))?;
         if self.targets.len() >= 1024 {
             self.targets.clear();
         }
@@ -481,7 +516,16 @@ impl Session {
             producer: self.producer.clone(),
             seq: self.next_message,
         };
-        let message = mapping::message_from_send(frame, destination, id, self.connection)?;
+        // A reply-to naming one of this connection's temporary destinations.
+        let reply_temp = match frame.header("reply-to") {
+            Some(r) if mapping::temp_name(r.trim()).is_some() => Some(self.destination(r)?),
+            _ => None,
+        };
+        let mut message = mapping::message_from_send(frame, destination, id, self.connection)?;
+        if let Some(r) = reply_temp {
+            message.properties.retain(|(k, _)| k.as_str() != "reply-to");
+            message.reply_to = Some(r);
+        }
         if let Some(tx) = tx {
             let limit = self.settings.max_transaction_bytes;
             let t = self.txs.get_mut(&tx).expect("checked above");
@@ -544,7 +588,7 @@ impl Session {
             })?)),
             None => None,
         };
-        let destination = parse_destination(&dest_name)?;
+        let destination = self.destination(&dest_name)?;
         let durable_name = frame
             .header("activemq.subscriptionName")
             .or_else(|| frame.header("durable-subscription-name"));
@@ -862,6 +906,8 @@ impl Session {
         if let Some(id) = self.client_id.take() {
             self.broker.release_client_id(&id, self.connection);
         }
+        self.broker.delete_temps_of(self.connection);
+        self.temps.clear();
     }
 }
 
