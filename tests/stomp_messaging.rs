@@ -829,3 +829,55 @@ async fn temporary_queues_for_request_reply() {
         "{e:?}"
     );
 }
+
+#[tokio::test]
+async fn queue_browser_subscription() {
+    let b = TestBroker::start().await;
+    let mut p = b.connect("1.2").await;
+    for i in 0..3 {
+        p.send(
+            &frame(
+                Command::Send,
+                &[("destination", "/queue/browse"), ("k", &i.to_string())],
+            )
+            .with_body(format!("b{i}")),
+        )
+        .await;
+    }
+    p.send_text("/queue/browse", "b3", Some("r")).await;
+    let mut c = b.connect("1.2").await;
+    c.send(&frame(
+        Command::Subscribe,
+        &[
+            ("id", "br"),
+            ("destination", "/queue/browse"),
+            ("browser", "true"),
+            ("selector", "k <> 1"),
+            ("receipt", "s"),
+        ],
+    ))
+    .await;
+    c.expect_receipt("s").await;
+    let mut seen = Vec::new();
+    loop {
+        let m = c.expect_message().await;
+        if m.header("browser").is_some_and(|v| v == "end") {
+            assert_eq!(m.header("subscription").unwrap(), "br");
+            break;
+        }
+        seen.push(body(&m));
+    }
+    // b3 has no k: "k <> 1" is unknown for it, so it is not selected.
+    assert_eq!(seen, ["b0", "b2"]);
+    c.send(&frame(
+        Command::Unsubscribe,
+        &[("id", "br"), ("receipt", "u")],
+    ))
+    .await;
+    c.expect_receipt("u").await;
+    // Browsing consumed nothing.
+    c.subscribe("all", "/queue/browse", "auto", &[]).await;
+    for i in 0..4 {
+        assert_eq!(body(&c.expect_message().await), format!("b{i}"));
+    }
+}

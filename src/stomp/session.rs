@@ -199,6 +199,8 @@ struct Session {
     subs: HashMap<ByteStr, SubEntry>,
     txs: HashMap<ByteStr, Transaction>,
     targets: HashMap<ByteStr, (Destination, Target)>,
+    /// Browser subscriptions (they end by themselves; UNSUBSCRIBE is accepted).
+    browsers: std::collections::HashSet<ByteStr>,
     /// This connection's temporary destinations, by the name it gave them.
     temps: HashMap<String, Destination>,
     control: mpsc::Sender<Ctl>,
@@ -252,6 +254,7 @@ pub async fn serve(
         txs: HashMap::new(),
         targets: HashMap::new(),
         temps: HashMap::new(),
+        browsers: std::collections::HashSet::new(),
         control,
         outbox,
         read_timeout: None,
@@ -589,6 +592,11 @@ impl Session {
             None => None,
         };
         let destination = self.destination(&dest_name)?;
+        if frame.header("browser").is_some_and(|b| b.trim() == "true") {
+            return self
+                .browse(&frame, &stomp_id, &destination, selector.as_deref())
+                .await;
+        }
         let durable_name = frame
             .header("activemq.subscriptionName")
             .or_else(|| frame.header("durable-subscription-name"));
@@ -699,11 +707,76 @@ impl Session {
                 Err(e) => Err(ProtocolError::soft(e.to_string())),
             };
         }
+        if self.browsers.remove(&stomp_id) {
+            return Ok(());
+        }
         let entry = self
             .subs
             .remove(&stomp_id)
             .ok_or_else(|| ProtocolError::soft("No subscription matched."))?;
         self.end_subscription(entry);
+        Ok(())
+    }
+
+    /// A queue browser (`browser:true`, STOMP 1.1+): the messages waiting now,
+    /// without consuming them, then a MESSAGE with `browser:end`.
+    async fn browse(
+        &mut self,
+        frame: &Frame,
+        stomp_id: &ByteStr,
+        destination: &Destination,
+        selector: Option<&Selector>,
+    ) -> Result<(), ProtocolError> {
+        if self.version == Version::V1_0 {
+            return Err(ProtocolError::soft(
+                "Queue Browser feature only valid for Stomp v1.1+ clients!",
+            ));
+        }
+        if !destination.is_queue() {
+            return Err(ProtocolError::soft("Only queues can be browsed"));
+        }
+        if let Some(r) = frame.header("receipt") {
+            self.send_receipt(r).await;
+        }
+        self.browsers.insert(stomp_id.clone());
+        let messages = self
+            .broker
+            .find_queue(&destination.name)
+            .map(|q| q.browse())
+            .unwrap_or_default();
+        let now = crate::broker::message::now_millis();
+        let mut scratch = String::new();
+        for (i, m) in messages.into_iter().enumerate() {
+            if m.is_expired(now) || selector.is_some_and(|s| !s.matches(&m)) {
+                continue;
+            }
+            let delivery = Delivery {
+                message: m,
+                consumer: 0,
+                seq: i as u64 + 1,
+                redelivery_count: 0,
+            };
+            let mut out = BytesMut::new();
+            if let Some(body) = encode_message(
+                &mut out,
+                stomp_id,
+                AckMode::Auto,
+                self.version,
+                &delivery,
+                &mut scratch,
+                usize::MAX,
+            ) {
+                out.extend_from_slice(&body);
+                out.extend_from_slice(b"\0\n");
+            }
+            let _ = self.control.send(Ctl::Frame(out.freeze())).await;
+        }
+        let end = Frame::new(Command::Message)
+            .with_header("subscription", stomp_id.clone())
+            .with_header("browser", "end")
+            .with_header("destination", mapping::destination_string(destination))
+            .with_header("message-id", "0");
+        self.send_frame(&end).await;
         Ok(())
     }
 
