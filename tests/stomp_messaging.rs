@@ -881,3 +881,31 @@ async fn queue_browser_subscription() {
         assert_eq!(body(&c.expect_message().await), format!("b{i}"));
     }
 }
+
+#[tokio::test]
+async fn wildcard_topic_subscriptions() {
+    let b = TestBroker::start().await;
+    let mut all = b.connect("1.2").await;
+    all.subscribe("all", "/topic/stock.>", "auto", &[]).await;
+    let mut nyse = b.connect("1.2").await;
+    nyse.subscribe("nyse", "/topic/stock.*.nyse", "auto", &[])
+        .await;
+    let mut p = b.connect("1.2").await;
+    for t in [
+        "stock.ibm.nyse",
+        "stock.sap.xetra",
+        "bonds.x",
+        "stock.ge.nyse",
+    ] {
+        p.send_text(&format!("/topic/{t}"), t, None).await;
+    }
+    p.send_text("/queue/sync", "sync", Some("r")).await;
+    let m = all.expect_message().await;
+    assert_eq!(m.header("destination").unwrap(), "/topic/stock.ibm.nyse");
+    assert_eq!(body(&all.expect_message().await), "stock.sap.xetra");
+    assert_eq!(body(&all.expect_message().await), "stock.ge.nyse");
+    assert!(all.recv_within(Duration::from_millis(200)).await.is_none());
+    assert_eq!(body(&nyse.expect_message().await), "stock.ibm.nyse");
+    assert_eq!(body(&nyse.expect_message().await), "stock.ge.nyse");
+    assert!(nyse.recv_within(Duration::from_millis(200)).await.is_none());
+}

@@ -136,6 +136,27 @@ pub fn composite_elements(d: &Destination) -> Vec<Destination> {
         .collect()
 }
 
+/// Whether a destination name has ActiveMQ wildcards (`*` one level, `>` the rest).
+pub fn is_wildcard(name: &str) -> bool {
+    name.split('.').any(|p| p == "*" || p == ">")
+}
+
+/// ActiveMQ's wildcard matching: `.` separates levels, `*` matches one level,
+/// `>` (last) matches one or more remaining levels.
+pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut n = name.split('.');
+    loop {
+        match (p.next(), n.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 pub const ADVISORY_PREFIX: &str = "ActiveMQ.Advisory.";
 pub const TEMP_QUEUE_ADVISORY: &str = "ActiveMQ.Advisory.TempQueue";
 pub const TEMP_TOPIC_ADVISORY: &str = "ActiveMQ.Advisory.TempTopic";
@@ -166,6 +187,8 @@ enum SubKind {
     Topic {
         topics: Vec<Arc<Topic>>,
         sub_id: u64,
+        /// Attached to every topic a wildcard covers (not only `topics`).
+        wildcard: bool,
     },
     Durable {
         key: (Arc<str>, Arc<str>),
@@ -194,6 +217,8 @@ pub struct Broker {
     durables: DashMap<(Arc<str>, Arc<str>), Arc<DurableSub>>,
     client_ids: DashMap<Arc<str>, (u64, String)>,
     temps: DashMap<Destination, TempDestination>,
+    /// Wildcard topic subscriptions (`news.*`, `news.>`), by pattern.
+    wildcards: Mutex<Vec<(Arc<str>, TopicSub)>>,
     store: Option<Arc<Store>>,
     ids: AtomicU64,
     /// `ID:<host>-<pid>-<start millis>`: the prefix of every id this broker makes.
@@ -226,6 +251,7 @@ impl Broker {
             durables: DashMap::new(),
             client_ids: DashMap::new(),
             temps: DashMap::new(),
+            wildcards: Mutex::new(Vec::new()),
             store,
             ids: AtomicU64::new(1),
             id_prefix,
@@ -279,13 +305,26 @@ impl Broker {
         if let Some(t) = self.topics.get(name) {
             return t.clone();
         }
-        self.topics
+        let mut created = false;
+        let topic = self
+            .topics
             .entry(Arc::from(name))
             .or_insert_with(|| {
                 tracing::debug!(topic = name, "topic created");
+                created = true;
                 Arc::new(Topic::new(Destination::topic(name)))
             })
-            .clone()
+            .clone();
+        if created {
+            // Wildcard subscriptions that cover the new topic join it.
+            let wild = self.wildcards.lock().unwrap_or_else(|e| e.into_inner());
+            for (pattern, sub) in wild.iter() {
+                if wildcard_matches(pattern, name) {
+                    topic.attach(sub.clone());
+                }
+            }
+        }
+        topic
     }
 
     pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
@@ -708,15 +747,37 @@ impl Broker {
             None,
         ));
         let mut topics = Vec::with_capacity(elements.len());
+        let sub = TopicSub {
+            id: sub_id,
+            queue: queue.clone(),
+            no_local: spec.no_local,
+            connection: spec.connection,
+            selector: spec.selector.clone(),
+        };
+        let mut wildcard = false;
         for d in &elements {
+            if is_wildcard(&d.name) {
+                // Every topic the pattern covers, now and later. Registered
+                // first so a topic created meanwhile is not missed (attach
+                // ignores a second attachment).
+                wildcard = true;
+                self.wildcards
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((d.name.clone(), sub.clone()));
+                let existing: Vec<Arc<Topic>> = self
+                    .topics
+                    .iter()
+                    .filter(|t| wildcard_matches(&d.name, t.key()))
+                    .map(|t| t.value().clone())
+                    .collect();
+                for t in existing {
+                    t.attach(sub.clone());
+                }
+                continue;
+            }
             let topic = self.topic(&d.name);
-            topic.attach(TopicSub {
-                id: sub_id,
-                queue: queue.clone(),
-                no_local: spec.no_local,
-                connection: spec.connection,
-                selector: spec.selector.clone(),
-            });
+            topic.attach(sub.clone());
             if d.name.as_ref() == TEMP_QUEUE_ADVISORY || d.name.as_ref() == TEMP_TOPIC_ADVISORY {
                 for m in self.temp_advisories(&d.name) {
                     queue.send(m);
@@ -735,7 +796,11 @@ impl Broker {
             queue,
             consumer_id,
             name,
-            kind: SubKind::Topic { topics, sub_id },
+            kind: SubKind::Topic {
+                topics,
+                sub_id,
+                wildcard,
+            },
         })
     }
 
@@ -755,7 +820,22 @@ impl Broker {
             SubKind::Queue => {
                 self.advise_consumer(&destination, name, false, sub.queue.consumer_count());
             }
-            SubKind::Topic { topics, sub_id } => {
+            SubKind::Topic {
+                topics,
+                sub_id,
+                wildcard,
+            } => {
+                if *wildcard {
+                    self.wildcards
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|(_, s)| s.id != *sub_id);
+                    let all: Vec<Arc<Topic>> =
+                        self.topics.iter().map(|t| t.value().clone()).collect();
+                    for t in all {
+                        t.detach(*sub_id);
+                    }
+                }
                 for topic in topics {
                     topic.detach(*sub_id);
                     self.advise_consumer(

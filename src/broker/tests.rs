@@ -136,3 +136,51 @@ fn a_durable_subscription_moved_to_another_topic_is_recreated() {
     assert_eq!(broker.topic("a").subscription_count(), 0);
     broker.unsubscribe(&sub, 1, false);
 }
+
+#[test]
+fn wildcard_patterns() {
+    for (p, n, want) in [
+        ("a.*", "a.b", true),
+        ("a.*", "a.b.c", false),
+        ("a.>", "a.b.c", true),
+        ("a.>", "a.b", true),
+        ("a.>", "a", false),
+        ("*.b", "a.b", true),
+        ("a.*.c", "a.x.c", true),
+        ("a.*.c", "a.x.d", false),
+        ("a.b", "a.b", true),
+        (">", "anything.at.all", true),
+    ] {
+        assert_eq!(wildcard_matches(p, n), want, "{p} ~ {n}");
+    }
+    assert!(is_wildcard("a.*") && is_wildcard("a.>") && !is_wildcard("a.b*"));
+}
+
+#[test]
+fn wildcard_subscriptions_cover_existing_and_new_topics() {
+    let broker = Broker::new(CoreConfig::default());
+    broker.topic("stock.ibm");
+    let (s, c) = spec(&broker, 1, false);
+    let sub = broker
+        .subscribe(&Destination::topic("stock.>"), s, None)
+        .unwrap();
+    broker
+        .target(&Destination::topic("stock.ibm"))
+        .send(topic_msg(1, 9));
+    broker
+        .target(&Destination::topic("stock.msft.nyse"))
+        .send(topic_msg(2, 9)); // created after
+    broker
+        .target(&Destination::topic("bonds.x"))
+        .send(topic_msg(3, 9));
+    assert_eq!(c.count(), 2);
+    broker.unsubscribe(&sub, 0, false);
+    broker
+        .target(&Destination::topic("stock.ibm"))
+        .send(topic_msg(4, 9));
+    broker
+        .target(&Destination::topic("stock.new"))
+        .send(topic_msg(5, 9));
+    assert_eq!(c.count(), 2, "nothing after unsubscribe");
+    assert_eq!(broker.topic("stock.ibm").subscription_count(), 0);
+}

@@ -56,11 +56,12 @@ impl Topic {
         full
     }
 
+    /// Attaches a subscription (once: attaching it again does nothing).
     pub fn attach(&self, sub: TopicSub) {
-        self.subs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sub);
+        let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
+        if !subs.iter().any(|s| s.id == sub.id) {
+            subs.push(sub);
+        }
     }
 
     pub fn detach(&self, id: u64) {
