@@ -909,3 +909,61 @@ async fn wildcard_topic_subscriptions() {
     assert_eq!(body(&nyse.expect_message().await), "stock.ge.nyse");
     assert!(nyse.recv_within(Duration::from_millis(200)).await.is_none());
 }
+
+#[tokio::test]
+async fn exclusive_consumers_and_message_groups() {
+    let b = TestBroker::start().await;
+    let mut plain = b.connect("1.2").await;
+    plain.subscribe("p", "/queue/excl", "auto", &[]).await;
+    let mut only = b.connect("1.2").await;
+    only.subscribe(
+        "x",
+        "/queue/excl",
+        "auto",
+        &[("activemq.exclusive", "true")],
+    )
+    .await;
+    let mut p = b.connect("1.2").await;
+    for i in 0..5 {
+        p.send_text("/queue/excl", &format!("e{i}"), None).await;
+    }
+    p.send_text("/queue/excl", "e5", Some("r")).await;
+    for i in 0..6 {
+        assert_eq!(body(&only.expect_message().await), format!("e{i}"));
+    }
+    assert!(plain
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_none());
+
+    // Message groups: each group's messages to one consumer.
+    let mut c1 = b.connect("1.2").await;
+    c1.subscribe("g", "/queue/groups", "auto", &[]).await;
+    let mut c2 = b.connect("1.2").await;
+    c2.subscribe("g", "/queue/groups", "auto", &[]).await;
+    for (i, g) in ["a", "b", "a", "b", "a", "c"].iter().enumerate() {
+        p.send(
+            &frame(
+                Command::Send,
+                &[("destination", "/queue/groups"), ("JMSXGroupID", g)],
+            )
+            .with_body(format!("{g}{i}")),
+        )
+        .await;
+    }
+    p.send_text("/queue/sync", "s", Some("r2")).await;
+    let mut got: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    for (n, c) in [&mut c1, &mut c2].into_iter().enumerate() {
+        while let Some(m) = c.recv_within(Duration::from_millis(300)).await {
+            got[n].push(body(&m)[..1].to_string());
+        }
+    }
+    assert_eq!(got[0].len() + got[1].len(), 6);
+    for g in ["a", "b", "c"] {
+        let g = g.to_string();
+        assert!(
+            !(got[0].contains(&g) && got[1].contains(&g)),
+            "group {g} split: {got:?}"
+        );
+    }
+}

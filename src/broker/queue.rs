@@ -59,6 +59,8 @@ struct QueueState {
     /// Where round-robin continues.
     next_consumer: usize,
     next_order: u64,
+    /// Message groups (JMSXGroupID) and the consumer each belongs to.
+    groups: std::collections::HashMap<crate::bstr::ByteStr, u64>,
 }
 
 /// Counters a console or test can read without taking the lock.
@@ -214,6 +216,8 @@ impl Queue {
             if st.next_consumer > pos {
                 st.next_consumer -= 1;
             }
+            // Its message groups go to whoever gets their next message.
+            st.groups.retain(|_, owner| *owner != id);
             let mut freed = 0;
             let mut back = Vec::with_capacity(slot.in_flight.len());
             for f in slot.in_flight {
@@ -547,6 +551,11 @@ impl Queue {
         // consumer or nobody has credit: no scanning. With selectors, a
         // message nobody with credit selects waits, and later ones are
         // looked at (at most MAX_SCAN per pass, like ActiveMQ's paging).
+        // An exclusive consumer (the first one alive) gets everything.
+        let exclusive = st
+            .consumers
+            .iter()
+            .position(|c| c.spec.exclusive && !c.dead);
         let mut at = 0;
         'messages: while at < st.pending.len() && at < MAX_SCAN {
             let front = &st.pending[at];
@@ -562,6 +571,19 @@ impl Queue {
                 continue;
             }
             let n = st.consumers.len();
+            // A message of a group goes to the group's consumer, if it has one.
+            let group = match st.pending[at].message.property("JMSXGroupID") {
+                Some(crate::broker::message::PropValue::String(g)) => Some(g.clone()),
+                _ => None,
+            };
+            let owner = group.as_ref().and_then(|g| {
+                let id = *st.groups.get(g)?;
+                st.consumers.iter().position(|c| c.spec.id == id && !c.dead)
+            });
+            if exclusive.is_some_and(|e| !st.consumers[e].has_credit()) {
+                break; // the exclusive consumer is full: nobody else may have anything
+            }
+            let only = exclusive.or(owner);
             let mut any_credit = false;
             for k in 0..n {
                 let i = (st.next_consumer + k) % n;
@@ -569,8 +591,18 @@ impl Queue {
                     continue;
                 }
                 any_credit = true;
-                if !st.consumers[i].accepts(&st.pending[at].message) {
+                if only.is_some_and(|o| o != i) || !st.consumers[i].accepts(&st.pending[at].message)
+                {
                     continue;
+                }
+                if let (Some(g), None) = (&group, owner) {
+                    // Bounded, as ActiveMQ's group map: past the cap, groups
+                    // are assigned afresh.
+                    if st.groups.len() >= MAX_GROUPS {
+                        st.groups.clear();
+                    }
+                    let id = st.consumers[i].spec.id;
+                    st.groups.insert(g.clone(), id);
                 }
                 let entry = st.pending.remove(at).expect("index checked");
                 let slot = &mut st.consumers[i];
@@ -657,6 +689,9 @@ impl Queue {
 /// Pending messages one dispatch pass looks at, at most, for consumers with
 /// selectors.
 const MAX_SCAN: usize = 10_000;
+
+/// Message groups a queue remembers the consumer of.
+const MAX_GROUPS: usize = 65_536;
 
 /// Puts entries (sorted by order) back among the pending ones, keeping the
 /// destination's original order.

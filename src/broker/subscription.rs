@@ -42,6 +42,8 @@ pub struct ConsumerSpec {
     /// Deliveries that may be unacknowledged at once; 0 pauses dispatch.
     pub prefetch: u32,
     pub no_local: bool,
+    /// An exclusive consumer receives every message of the queue while it is there.
+    pub exclusive: bool,
     /// Only messages this selects are dispatched to the consumer.
     pub selector: Option<Arc<crate::broker::selector::Selector>>,
     pub sink: Arc<dyn DeliverySink>,

@@ -33,6 +33,7 @@ fn spec(broker: &Broker, connection: u64, no_local: bool) -> (ConsumerSpec, Arc<
             prefetch: 100,
             no_local,
             selector: None,
+            exclusive: false,
             sink: sink.clone(),
         },
         sink,

@@ -655,6 +655,7 @@ impl Session {
             prefetch: 0,
             no_local: c.bool("noLocal"),
             selector,
+            exclusive: c.bool("exclusive"),
             sink: Arc::new(Sink {
                 outbox: self.outbox.clone(),
                 ctx: ctx.clone(),

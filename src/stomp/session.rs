@@ -649,6 +649,9 @@ impl Session {
             prefetch: 0,
             no_local,
             selector,
+            exclusive: frame
+                .header("activemq.exclusive")
+                .is_some_and(|v| v.trim() == "true"),
             sink: Arc::new(Sink {
                 outbox: self.outbox.clone(),
                 ctx: ctx.clone(),

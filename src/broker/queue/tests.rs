@@ -61,6 +61,7 @@ fn consumer(id: u64, prefetch: u32) -> (ConsumerSpec, Arc<Collect>) {
             prefetch,
             no_local: false,
             selector: None,
+            exclusive: false,
             sink: sink.clone(),
         },
         sink,
@@ -333,4 +334,62 @@ fn selectors_pick_their_messages_and_the_rest_waits() {
     let (plain, sp) = consumer(3, 10);
     q.add_consumer(plain);
     assert_eq!(sp.bodies(), ["green1"]);
+}
+
+#[test]
+fn exclusive_consumer_gets_everything_until_it_goes() {
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 100);
+    let (mut b, sb) = consumer(2, 100);
+    b.exclusive = true;
+    let (c, sc) = consumer(3, 100);
+    q.add_consumer(a);
+    q.add_consumer(b);
+    q.add_consumer(c);
+    for i in 0..4 {
+        q.send(msg(i, &format!("m{i}"), false));
+    }
+    assert!(sa.take().is_empty() && sc.take().is_empty());
+    assert_eq!(sb.bodies(), ["m0", "m1", "m2", "m3"]);
+    q.remove_consumer(2, 0, false);
+    // The others share again (what it had not acked comes back to them).
+    let total = sa.take().len() + sc.take().len();
+    assert_eq!(total, 4);
+}
+
+#[test]
+fn a_message_group_sticks_to_one_consumer() {
+    use crate::broker::message::PropValue;
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 100);
+    let (b, sb) = consumer(2, 100);
+    q.add_consumer(a);
+    q.add_consumer(b);
+    for (i, g) in ["x", "y", "x", "x", "y", "z"].iter().enumerate() {
+        let mut m = Message::clone(&msg(i as u64, &format!("{g}{i}"), false));
+        m.properties
+            .push(("JMSXGroupID".into(), PropValue::String((*g).into())));
+        q.send(Arc::new(m));
+    }
+    let (ga, gb) = (sa.bodies(), sb.bodies());
+    let groups = |v: &Vec<String>| {
+        v.iter()
+            .map(|b| b[..1].to_string())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    assert!(groups(&ga).is_disjoint(&groups(&gb)), "{ga:?} / {gb:?}");
+    assert_eq!(ga.len() + gb.len(), 6);
+    // The group's consumer leaves: its groups move to the other one.
+    let owner_of_x = if ga.iter().any(|b| b.starts_with('x')) {
+        1
+    } else {
+        2
+    };
+    q.remove_consumer(owner_of_x, 0, false);
+    let mut m = Message::clone(&msg(9, "x9", false));
+    m.properties
+        .push(("JMSXGroupID".into(), PropValue::String("x".into())));
+    q.send(Arc::new(m));
+    let survivor = if owner_of_x == 1 { &sb } else { &sa };
+    assert!(survivor.bodies().contains(&"x9".to_string()));
 }
