@@ -18,7 +18,7 @@ use crate::broker::destination::Destination;
 use crate::broker::message::{now_millis, Message};
 use crate::broker::queue::{AckAction, Queue};
 use crate::broker::selector::Selector;
-use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
+use crate::broker::subscription::ConsumerSpec;
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::openwire::codec::{
     encode_wire_format_info, negotiate, CodecError, FrameWriter, Negotiated, OpenWireCodec,
@@ -178,18 +178,8 @@ impl ConsumerCtx {
     }
 }
 
-type Out = (Arc<ConsumerCtx>, Delivery);
-
-struct Sink {
-    outbox: Arc<Outbox<Out>>,
-    ctx: Arc<ConsumerCtx>,
-}
-
-impl DeliverySink for Sink {
-    fn deliver(&self, delivery: Delivery) -> bool {
-        self.outbox.push((self.ctx.clone(), delivery))
-    }
-}
+type Out = crate::transport::outbox::Out<ConsumerCtx>;
+type Sink = crate::transport::outbox::OutboxSink<ConsumerCtx>;
 
 struct ConsumerEntry {
     ctx: Arc<ConsumerCtx>,

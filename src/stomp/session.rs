@@ -17,7 +17,7 @@ use crate::broker::destination::Destination;
 use crate::broker::message::{ConsumerName, Message, MessageId};
 use crate::broker::queue::{AckAction, Queue};
 use crate::broker::selector::Selector;
-use crate::broker::subscription::{ConsumerSpec, Delivery, DeliverySink};
+use crate::broker::subscription::{ConsumerSpec, Delivery};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::bstr::ByteStr;
 use crate::stomp::codec::{encode_frame, CodecError, Item, Limits, StompCodec};
@@ -148,18 +148,8 @@ impl SubCtx {
     }
 }
 
-type Out = (Arc<SubCtx>, Delivery);
-
-struct Sink {
-    outbox: Arc<Outbox<Out>>,
-    ctx: Arc<SubCtx>,
-}
-
-impl DeliverySink for Sink {
-    fn deliver(&self, delivery: Delivery) -> bool {
-        self.outbox.push((self.ctx.clone(), delivery))
-    }
-}
+type Out = crate::transport::outbox::Out<SubCtx>;
+type Sink = crate::transport::outbox::OutboxSink<SubCtx>;
 
 struct SubEntry {
     ctx: Arc<SubCtx>,

@@ -6,9 +6,26 @@
 //! more than the sum of its consumers' prefetch. Pushing never blocks (the
 //! core pushes with a destination lock held); the writer waits on `ready`.
 
+use crate::broker::subscription::{Delivery, DeliverySink};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// A consumer's deliveries, tagged with the protocol's context for it
+/// (`C`), queued for its connection's writer.
+pub type Out<C> = (Arc<C>, Delivery);
+
+/// The core's sink for one consumer: its deliveries go to the connection's outbox.
+pub struct OutboxSink<C> {
+    pub outbox: Arc<Outbox<Out<C>>>,
+    pub ctx: Arc<C>,
+}
+
+impl<C: Send + Sync> DeliverySink for OutboxSink<C> {
+    fn deliver(&self, delivery: Delivery) -> bool {
+        self.outbox.push((self.ctx.clone(), delivery))
+    }
+}
 
 pub struct Outbox<T> {
     inner: Mutex<Inner<T>>,
