@@ -15,6 +15,7 @@ pub mod queue;
 pub mod selector;
 pub mod subscription;
 pub mod topic;
+pub mod transaction;
 
 use crate::bstr::ByteStr;
 use crate::store::{Op, Recovered, Store, StoreError};
@@ -1081,10 +1082,9 @@ impl Broker {
     /// go to the journal in one record, then take effect.
     pub async fn commit(
         &self,
-        sends: Vec<(Target, Message)>,
-        acks: Vec<(Arc<Queue>, u64, Vec<u64>)>,
+        tx: transaction::Transaction,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
-        let mut sends = sends;
+        let (mut sends, acks) = tx.into_parts();
         let mut ops = Vec::new();
         for (target, m) in sends.iter_mut() {
             ops.extend(self.persist_op(target, m));

@@ -15,10 +15,11 @@
 //! with the right redelivered flag.
 
 use crate::broker::destination::Destination;
-use crate::broker::message::{now_millis, Message};
-use crate::broker::queue::{AckAction, Queue};
+use crate::broker::message::now_millis;
+use crate::broker::queue::AckAction;
 use crate::broker::selector::Selector;
 use crate::broker::subscription::ConsumerSpec;
+use crate::broker::transaction::{Transaction, TxOp};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::openwire::codec::{
     encode_wire_format_info, negotiate, CodecError, FrameWriter, Negotiated, OpenWireCodec,
@@ -199,21 +200,6 @@ impl Drop for ConsumerEntry {
             t.abort();
         }
     }
-}
-
-enum TxOp {
-    Send(Target, Box<Message>),
-    Ack {
-        queue: Arc<Queue>,
-        consumer: u64,
-        seqs: Vec<u64>,
-    },
-}
-
-#[derive(Default)]
-struct Transaction {
-    ops: Vec<TxOp>,
-    bytes: usize,
 }
 
 enum Internal {
@@ -1024,19 +1010,7 @@ impl Session {
             }
             tx_type::COMMIT_ONE_PHASE | tx_type::COMMIT_TWO_PHASE => {
                 let t = self.txs.remove(&key).ok_or_else(|| missing(&key))?;
-                let mut sends = Vec::new();
-                let mut acks = Vec::new();
-                for op in t.ops {
-                    match op {
-                        TxOp::Send(target, m) => sends.push((target, *m)),
-                        TxOp::Ack {
-                            queue,
-                            consumer,
-                            seqs,
-                        } => acks.push((queue, consumer, seqs)),
-                    }
-                }
-                let full = self.broker.commit(sends, acks).await.map_err(|e| {
+                let full = self.broker.commit(t).await.map_err(|e| {
                     JmsError::new("javax.jms.TransactionRolledBackException", e.to_string())
                 })?;
                 for q in full {
@@ -1046,7 +1020,7 @@ impl Session {
             }
             tx_type::ROLLBACK => {
                 let t = self.txs.remove(&key).ok_or_else(|| missing(&key))?;
-                rollback(t);
+                t.rollback();
                 Ok(Reply::Done)
             }
             tx_type::PREPARE => {
@@ -1095,7 +1069,7 @@ impl Session {
     /// `dropped` when the socket went without the client saying goodbye.
     fn release(&mut self, dropped: bool) {
         for (_, t) in self.txs.drain() {
-            rollback(t);
+            t.rollback();
         }
         let entries: Vec<ConsumerEntry> = self.consumers.drain().map(|(_, e)| e).collect();
         for e in entries {
@@ -1121,19 +1095,6 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-fn rollback(t: Transaction) {
-    for op in t.ops {
-        if let TxOp::Ack {
-            queue,
-            consumer,
-            seqs,
-        } = op
-        {
-            queue.settle_held(consumer, &seqs, false, false);
-        }
     }
 }
 

@@ -14,10 +14,11 @@
 //! back as they were).
 
 use crate::broker::destination::Destination;
-use crate::broker::message::{ConsumerName, Message, MessageId};
+use crate::broker::message::{ConsumerName, MessageId};
 use crate::broker::queue::{AckAction, Queue};
 use crate::broker::selector::Selector;
 use crate::broker::subscription::{ConsumerSpec, Delivery};
+use crate::broker::transaction::{Transaction, TxOp};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::bstr::ByteStr;
 use crate::stomp::codec::{encode_frame, CodecError, Item, Limits, StompCodec};
@@ -155,21 +156,6 @@ struct SubEntry {
     ctx: Arc<SubCtx>,
     sub: Subscription,
     destination: ByteStr,
-}
-
-enum TxOp {
-    Send(Target, Box<Message>),
-    Ack {
-        queue: Arc<Queue>,
-        consumer: u64,
-        seqs: Vec<u64>,
-    },
-}
-
-#[derive(Default)]
-struct Transaction {
-    ops: Vec<TxOp>,
-    bytes: usize,
 }
 
 type ActivityReader = crate::transport::activity::ActivityReader<OwnedReadHalf>;
@@ -913,8 +899,7 @@ impl Session {
             .txs
             .remove(&tx)
             .ok_or_else(|| ProtocolError::soft(format!("Invalid transaction id: {tx}")))?;
-        let (sends, acks) = split_tx(t);
-        let full = self.broker.commit(sends, acks).await.map_err(|e| {
+        let full = self.broker.commit(t).await.map_err(|e| {
             // Nothing of it happened: the held acks go back to unacknowledged.
             ProtocolError::soft(e.to_string())
         })?;
@@ -930,7 +915,7 @@ impl Session {
             .txs
             .remove(&tx)
             .ok_or_else(|| ProtocolError::soft(format!("Invalid transaction id: {tx}")))?;
-        rollback(t);
+        t.rollback();
         Ok(())
     }
 
@@ -962,7 +947,7 @@ impl Session {
     /// client id is released.
     fn close(&mut self) {
         for (_, t) in self.txs.drain() {
-            rollback(t);
+            t.rollback();
         }
         let subs: Vec<SubEntry> = self.subs.drain().map(|(_, e)| e).collect();
         for entry in subs {
@@ -977,43 +962,11 @@ impl Session {
     }
 }
 
-/// A transaction's sends and held acknowledgements, for the broker's commit.
-type TxParts = (Vec<(Target, Message)>, Vec<(Arc<Queue>, u64, Vec<u64>)>);
-
-fn split_tx(t: Transaction) -> TxParts {
-    let mut sends = Vec::new();
-    let mut acks = Vec::new();
-    for op in t.ops {
-        match op {
-            TxOp::Send(target, m) => sends.push((target, *m)),
-            TxOp::Ack {
-                queue,
-                consumer,
-                seqs,
-            } => acks.push((queue, consumer, seqs)),
-        }
-    }
-    (sends, acks)
-}
-
 /// If the session task ends abnormally (a panic), the connection's business
 /// with the core still ends: nothing stays registered or in flight.
 impl Drop for Session {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-fn rollback(t: Transaction) {
-    for op in t.ops {
-        if let TxOp::Ack {
-            queue,
-            consumer,
-            seqs,
-        } = op
-        {
-            queue.settle_held(consumer, &seqs, false, false);
-        }
     }
 }
 
