@@ -189,6 +189,61 @@ async fn a_failing_disk_refuses_sends_keeps_serving_and_recovers() {
     );
 }
 
+/// ActiveMQ's concurrent store and dispatch: a persistent send to a queue is
+/// confirmed once it is durable or once a consumer has consumed it,
+/// whichever comes first; a message consumed before it is written never is.
+#[tokio::test]
+async fn a_persistent_send_consumed_at_once_is_confirmed_before_a_slow_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = None;
+    let b = TestBroker::start_in(dir.path(), |c| faults = Some(c.store_faults.clone())).await;
+    let faults = faults.unwrap();
+    faults.sync_delay_ms.store(1500, Ordering::Relaxed);
+    let mut p = b.connect("1.2").await;
+    // Nobody consumes: the receipt waits for the (slow) disk.
+    let started = std::time::Instant::now();
+    p.send(&persistent("/queue/unread", "kept", "r0")).await;
+    p.expect_receipt("r0").await;
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    // With an auto-acknowledging consumer every receipt comes at once.
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/fast", "auto", &[]).await;
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        p.send(&persistent(
+            "/queue/fast",
+            &format!("m{i}"),
+            &format!("r{i}"),
+        ))
+        .await;
+        p.expect_receipt(&format!("r{i}")).await;
+        assert_eq!(body(&c.expect_message().await), format!("m{i}"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "confirmed on consumption, not after 20 slow fsyncs: {:?}",
+        started.elapsed()
+    );
+    faults.sync_delay_ms.store(0, Ordering::Relaxed);
+    let cancelled = b
+        .broker
+        .store()
+        .unwrap()
+        .stats()
+        .cancelled
+        .load(Ordering::Relaxed);
+    assert!(cancelled >= 18, "{cancelled} never written");
+    drop(c);
+    drop(p);
+    b.stop().await;
+    // After a restart only the unread one is there.
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/fast", "auto", &[]).await;
+    c.subscribe("u", "/queue/unread", "auto", &[]).await;
+    assert_eq!(drain(&mut c).await, vec!["kept"]);
+}
+
 /// Runs the real binary, kills it with SIGKILL under load, restarts it and
 /// checks that every confirmed send is there and no confirmed ack comes back.
 #[cfg(unix)]

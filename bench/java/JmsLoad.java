@@ -5,7 +5,7 @@
 //   java JmsLoad consumer URL DEST COUNT CLIENTS
 //
 // DEST is queue://NAME or topic://NAME. Each message carries its send time
-// (long property ferromq-sent-ns, from System.currentTimeMillis in ns) so the
+// (long property ferromq-sent-ns, wall clock in ns) so the
 // consumer reports end-to-end latency. Prints one JSON line.
 import javax.jms.*;
 import org.apache.activemq.ActiveMQConnectionFactory;
@@ -19,8 +19,11 @@ public class JmsLoad {
         return s.createQueue(d.startsWith("queue://") ? d.substring(8) : d);
     }
 
+    // Wall-clock time in ns (microsecond resolution on Linux), comparable
+    // between processes.
     static long nowNs() {
-        return System.currentTimeMillis() * 1_000_000L + (System.nanoTime() % 1_000_000L + 1_000_000L) % 1_000_000L;
+        java.time.Instant t = java.time.Instant.now();
+        return t.getEpochSecond() * 1_000_000_000L + t.getNano();
     }
 
     public static void main(String[] a) throws Exception {

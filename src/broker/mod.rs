@@ -1058,8 +1058,8 @@ impl Broker {
         match target {
             // Store and dispatch at once: a consumer may have the message
             // (and acknowledge it, which cancels both records) before the
-            // journal writes it. The producer is told only once it is
-            // durable (or consumed).
+            // journal writes it. The producer is told once it is durable or
+            // once it is consumed, whichever comes first.
             Target::Queue(q) => {
                 let id = message.store_id;
                 let durable = store.start_write(vec![op]);

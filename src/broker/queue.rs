@@ -666,7 +666,7 @@ impl Queue {
     fn finish(&self, dead: Vec<(Arc<Message>, DeadCause)>, forgotten: Vec<Op>) {
         if !forgotten.is_empty() {
             if let Some(store) = &self.store {
-                store.submit(forgotten);
+                store.consumed(forgotten);
             }
         }
         if dead.is_empty() {

@@ -215,6 +215,9 @@ impl OpenWireClient {
                 }
                 return Ok(s);
             }
+            // Nothing whole buffered: what we owe the broker (acks) goes
+            // out before waiting for it.
+            self.flush().await?;
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -64,11 +64,14 @@ pub struct RawRecord {
     pub payload: Bytes,
 }
 
-/// Test hooks: make writes or syncs fail as a full or broken disk would.
+/// Test hooks: make writes or syncs fail as a full or broken disk would,
+/// or make syncs slow.
 #[derive(Clone, Default, Debug)]
 pub struct Faults {
     pub fail_writes: Arc<AtomicBool>,
     pub fail_syncs: Arc<AtomicBool>,
+    /// Milliseconds each sync takes at least.
+    pub sync_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct Journal {
@@ -221,6 +224,10 @@ impl Journal {
     pub fn sync(&mut self) -> Result<(), JournalError> {
         if self.faults.fail_syncs.load(Ordering::Relaxed) {
             return Err(io::Error::other("injected: fsync failed").into());
+        }
+        let delay = self.faults.sync_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
         }
         self.head.sync_data()?;
         Ok(())

@@ -11,6 +11,10 @@
 //!   waiter is told;
 //! * a submission of several operations is one `Tx` record, so a committed
 //!   transaction is in the journal whole or not at all;
+//! * a queue message consumed before its record is written (ActiveMQ's
+//!   concurrent store and dispatch) is never written, and its producer is
+//!   told as soon as it is consumed, durable or not yet: the message has
+//!   been delivered;
 //! * a message sent to a topic is stored once, with the durable
 //!   subscriptions it is for; each subscription's acknowledgement removes
 //!   itself from that set;
@@ -342,15 +346,60 @@ impl Index {
     }
 }
 
+type Done = oneshot::Sender<Result<(), StoreError>>;
+
 struct Submission {
     ops: Vec<Op>,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    done: Option<Done>,
+    /// A queue message's lone Add (`Store::start_write` of one Add without
+    /// durable subscriptions): its consumption may cancel or confirm it.
+    lone: Option<u64>,
+}
+
+/// Where an unconfirmed lone queue Add is.
+enum Lone {
+    /// Still in `Pending::queue`, at this index: not written yet.
+    Queued(usize),
+    /// Taken by the writer; the producer's waiter, until it is told.
+    Writing(Option<Done>),
 }
 
 #[derive(Default)]
 struct Pending {
     queue: Vec<Submission>,
     closed: bool,
+    /// Lone queue Adds whose producer has not been told yet.
+    lone: HashMap<u64, Lone>,
+}
+
+impl Pending {
+    /// A queue message was consumed (acknowledged) before its producer was
+    /// told it is durable, as ActiveMQ's concurrent store and dispatch: if
+    /// its Add is not written yet, neither it nor its removal ever is;
+    /// otherwise the removal follows it. Either way its producer is told
+    /// now, since the message has been delivered. Returns whether the
+    /// removal still has to be written.
+    fn consumed(&mut self, id: u64, cancelled: &AtomicU64) -> bool {
+        match self.lone.remove(&id) {
+            None => true,
+            Some(Lone::Queued(at)) => {
+                let s = &mut self.queue[at];
+                s.ops.clear();
+                s.lone = None;
+                if let Some(done) = s.done.take() {
+                    let _ = done.send(Ok(()));
+                }
+                cancelled.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Some(Lone::Writing(done)) => {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+                true
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -433,7 +482,7 @@ impl Store {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn enqueue(&self, ops: Vec<Op>, done: Option<oneshot::Sender<Result<(), StoreError>>>) {
+    fn enqueue(&self, mut ops: Vec<Op>, done: Option<Done>, consumption: bool) {
         let mut p = self
             .shared
             .pending
@@ -445,8 +494,26 @@ impl Store {
             }
             return;
         }
+        if consumption && !p.lone.is_empty() {
+            let cancelled = &self.shared.stats.cancelled;
+            ops.retain(|op| match op {
+                Op::Remove { id } => p.consumed(*id, cancelled),
+                _ => true,
+            });
+            if ops.is_empty() && done.is_none() {
+                return;
+            }
+        }
+        let lone = match (ops.as_slice(), &done) {
+            ([Op::Add { id, subs, .. }], Some(_)) if subs.is_empty() => Some(*id),
+            _ => None,
+        };
+        if let Some(id) = lone {
+            let at = p.queue.len();
+            p.lone.insert(id, Lone::Queued(at));
+        }
         let was_empty = p.queue.is_empty();
-        p.queue.push(Submission { ops, done });
+        p.queue.push(Submission { ops, done, lone });
         drop(p);
         if was_empty {
             self.shared.wake.notify_one();
@@ -466,7 +533,7 @@ impl Store {
         ops: Vec<Op>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(ops, Some(tx));
+        self.enqueue(ops, Some(tx), false);
         async move { rx.await.unwrap_or(Err(StoreError::Closed)) }
     }
 
@@ -474,7 +541,17 @@ impl Store {
     /// after everything submitted before.
     pub fn submit(&self, ops: Vec<Op>) {
         if !ops.is_empty() {
-            self.enqueue(ops, None);
+            self.enqueue(ops, None, false);
+        }
+    }
+
+    /// Records that messages were consumed (plain acknowledgements, not
+    /// part of a transaction): each is independent of the others. A queue
+    /// message whose producer still waits is confirmed to it now, and if its
+    /// record is not written yet it never is.
+    pub fn consumed(&self, ops: Vec<Op>) {
+        if !ops.is_empty() {
+            self.enqueue(ops, None, true);
         }
     }
 
@@ -691,7 +768,15 @@ impl Writer {
                             .unwrap_or_else(|e| e.into_inner());
                     }
                 }
-                (std::mem::take(&mut p.queue), p.closed)
+                let mut batch = std::mem::take(&mut p.queue);
+                // The producers of lone Adds are told by whoever comes
+                // first: the writer once durable, or their consumption.
+                for s in batch.iter_mut() {
+                    if let Some(id) = s.lone {
+                        p.lone.insert(id, Lone::Writing(s.done.take()));
+                    }
+                }
+                (batch, p.closed)
             };
             if !batch.is_empty() {
                 self.write_batch(batch);
@@ -800,7 +885,7 @@ impl Writer {
         }
         // Only what somebody waits for needs an fsync now: acknowledgements
         // submitted without waiting ride on the next one (or the idle sync).
-        let awaited = batch.iter().any(|s| s.done.is_some());
+        let awaited = batch.iter().any(|s| s.done.is_some() || s.lone.is_some());
         if result.is_ok() && self.dirty && awaited {
             let sync_now = match self.config.sync {
                 SyncPolicy::Always => true,
@@ -841,9 +926,23 @@ impl Writer {
         self.shared
             .usage
             .store(self.journal.disk_usage(), Ordering::Relaxed);
+        let mut lone = Vec::new();
         for s in batch {
             if let Some(done) = s.done {
                 let _ = done.send(result.clone());
+            }
+            lone.extend(s.lone);
+        }
+        if !lone.is_empty() {
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for id in lone {
+                if let Some(Lone::Writing(Some(done))) = p.lone.remove(&id) {
+                    let _ = done.send(result.clone());
+                }
             }
         }
     }

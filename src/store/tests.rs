@@ -351,14 +351,17 @@ fn a_message_consumed_before_it_is_written_is_never_written() {
         Submission {
             ops: vec![keep],
             done: None,
+            lone: None,
         },
         Submission {
             ops: vec![gone],
             done: None,
+            lone: None,
         },
         Submission {
             ops: vec![Op::Remove { id: gone_id }, Op::Remove { id: 999_999 }],
             done: None,
+            lone: None,
         },
     ];
     assert_eq!(Writer::cancel_consumed(&mut batch), 1);
@@ -378,12 +381,111 @@ fn a_message_consumed_before_it_is_written_is_never_written() {
         Submission {
             ops: vec![tx_add, Op::Remove { id: 1 }],
             done: None,
+            lone: None,
         },
         Submission {
             ops: vec![Op::Remove { id: tx_id }],
             done: None,
+            lone: None,
         },
     ];
     assert_eq!(Writer::cancel_consumed(&mut batch), 0);
     assert_eq!(batch[1].ops.len(), 1);
+}
+
+fn add_id(op: &Op) -> u64 {
+    match op {
+        Op::Add { id, .. } => *id,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn consumption_confirms_the_producer_and_cancels_an_unwritten_add() {
+    let q = Destination::queue("q");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let faults = cfg.faults.clone();
+    cfg.faults = faults.clone();
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg).unwrap();
+        // A slow fsync keeps the writer busy with the first message.
+        faults.sync_delay_ms.store(400, Ordering::Relaxed);
+        let first = add(&store, &q, "being written", vec![]);
+        let first_id = add_id(&first);
+        let first_done = store.start_write(vec![first]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Queued behind it: consumed before the writer gets to it.
+        let second = add(&store, &q, "consumed before written", vec![]);
+        let second_id = add_id(&second);
+        let second_done = store.start_write(vec![second]);
+        let started = Instant::now();
+        store.consumed(vec![Op::Remove { id: second_id }]);
+        tokio::time::timeout(Duration::from_millis(200), second_done)
+            .await
+            .expect("a consumed message's producer is told at once")
+            .unwrap();
+        // The one being written is confirmed by its consumption too, before
+        // its fsync ends; its removal is written after it.
+        store.consumed(vec![Op::Remove { id: first_id }]);
+        tokio::time::timeout(Duration::from_millis(200), first_done)
+            .await
+            .expect("confirmed on consumption while being written")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(300));
+        faults.sync_delay_ms.store(0, Ordering::Relaxed);
+        let kept = add(&store, &q, "kept", vec![]);
+        store.write(vec![kept]).await.unwrap();
+        assert_eq!(store.stats().cancelled.load(Ordering::Relaxed), 1);
+        store.close();
+    });
+    let (store, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(bodies(&r), vec!["kept"]);
+    // Only the first Add, its Remove and "kept" reached the journal.
+    drop(store);
+    let (_, records) = Journal::open(
+        &dir.path().join(""),
+        64 * 1024,
+        128 * 1024 * 1024,
+        Faults::default(),
+    )
+    .unwrap();
+    assert_eq!(records.len(), 3);
+}
+
+#[test]
+fn a_transaction_s_removal_does_not_confirm_early() {
+    let q = Destination::queue("q");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let faults = cfg.faults.clone();
+    cfg.faults = faults.clone();
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg).unwrap();
+        faults.sync_delay_ms.store(300, Ordering::Relaxed);
+        let first = add(&store, &q, "a", vec![]);
+        let first_done = store.start_write(vec![first]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = add(&store, &q, "b", vec![]);
+        let second_id = add_id(&second);
+        let mut second_done = Box::pin(store.start_write(vec![second]));
+        // A committed transaction's acknowledgement is only as good as its
+        // record: the producer waits for that.
+        let tx = store.start_write(vec![
+            Op::Remove { id: second_id },
+            add(&store, &q, "tx send", vec![]),
+        ]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut second_done)
+                .await
+                .is_err()
+        );
+        faults.sync_delay_ms.store(0, Ordering::Relaxed);
+        first_done.await.unwrap();
+        second_done.await.unwrap();
+        tx.await.unwrap();
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(bodies(&r), vec!["a", "tx send"]);
 }
