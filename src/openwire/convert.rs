@@ -229,6 +229,8 @@ pub fn message_from_struct(s: &Struct, connection: u64) -> Result<Message, Conve
     if let Some(orig) = f[msg::ORIGINAL_DESTINATION].as_struct() {
         m.original_destination = destination_from(orig);
     }
+    // Queued messages keep their properties for long: no spare capacity.
+    m.properties.shrink_to_fit();
     Ok(m)
 }
 

@@ -207,6 +207,9 @@ enum Internal {
 }
 
 struct Session {
+    /// The producer id of the last message received, shared by the next
+    /// ones from the same producer.
+    last_producer: Option<Arc<str>>,
     broker: Arc<Broker>,
     settings: Arc<OpenWireSettings>,
     peer: SocketAddr,
@@ -261,6 +264,7 @@ pub async fn serve(
         OpenWireCodec::new(settings.max_frame_size),
     );
     let mut session = Session {
+        last_producer: None,
         broker,
         settings,
         peer,
@@ -700,8 +704,13 @@ impl Session {
     }
 
     async fn on_message(&mut self, c: Struct) -> Result<Reply, JmsError> {
-        let message =
+        let mut message =
             convert::message_from_struct(&c, self.connection).map_err(|e| JmsError::jms(e.0))?;
+        // One producer's messages share its id text (queued messages keep it).
+        match &self.last_producer {
+            Some(p) if *p == message.id.producer => message.id.producer = p.clone(),
+            _ => self.last_producer = Some(message.id.producer.clone()),
+        }
         let target = self.target(&message.destination)?;
         if let Some(tx) = c.fields[msg::TRANSACTION_ID].as_struct() {
             let key = tx_key(tx);

@@ -143,8 +143,11 @@ impl StompCodec {
                     let head = buf.split_to(head_len).freeze();
                     let (command, headers) = parse_head(head, self.version)?;
                     let content_length = content_length(&headers, &self.limits)?;
+                    // Room for the rest of the body and its NUL, not more: a
+                    // body already buffered must not be copied (the frames
+                    // before it still share this buffer).
                     if let Some(len) = content_length {
-                        buf.reserve(len + 1);
+                        buf.reserve((len + 1).saturating_sub(buf.len()));
                     }
                     self.state = State::Body {
                         command,

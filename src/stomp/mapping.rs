@@ -174,6 +174,8 @@ pub fn message_from_send(
                 .push((name.clone(), PropValue::String(value.clone()))),
         }
     }
+    // Queued messages keep their properties for long: no spare capacity.
+    message.properties.shrink_to_fit();
     Ok(message)
 }
 

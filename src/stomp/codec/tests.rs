@@ -470,3 +470,27 @@ fn encode_then_decode_is_identity() {
         assert!(wire.is_empty());
     }
 }
+
+#[test]
+fn frames_already_buffered_are_not_copied() {
+    // Bodies are slices of the read buffer: decoding a content-length frame
+    // whose body is already there must not move the buffer (the frames
+    // before it still share it, so a copy doubles the memory queued
+    // messages hold).
+    let one = b"SEND\ndestination:/queue/a\ncontent-length:5\n\nhello\0";
+    let mut buf = BytesMut::with_capacity(one.len() * 3);
+    for _ in 0..3 {
+        buf.extend_from_slice(one);
+    }
+    let start = buf.as_ptr() as usize;
+    let end = start + buf.capacity();
+    let mut codec = StompCodec::new(Limits::default());
+    for _ in 0..3 {
+        let Some(Item::Frame(f)) = codec.decode(&mut buf).unwrap() else {
+            panic!("a frame")
+        };
+        let at = f.body.as_ptr() as usize;
+        assert_eq!(&f.body[..], b"hello");
+        assert!(at >= start && at < end, "the body was copied elsewhere");
+    }
+}
