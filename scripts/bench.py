@@ -129,7 +129,7 @@ def tool(role, url, dest, count, extra):
 
 
 def java(role, url, dest, count, *args):
-    return ["java", "-Xmx512m", "-cp", f"{CP}:{JAVA_BUILD}", "JmsLoad", role, url, dest, str(count)] + [str(a) for a in args]
+    return ["java", "-Xms512m", "-Xmx512m", "-XX:+UseSerialGC", "-cp", f"{CP}:{JAVA_BUILD}", "JmsLoad", role, url, dest, str(count)] + [str(a) for a in args]
 
 
 def workload(broker, proto, w, rep):
