@@ -1062,8 +1062,9 @@ impl Broker {
             // once it is consumed, whichever comes first.
             Target::Queue(q) => {
                 let id = message.store_id;
-                let durable = store.start_write(vec![op]);
+                let durable = store.start_write_deferred(vec![op]);
                 let full = target.send(Arc::new(message));
+                store.wake();
                 if let Err(e) = durable.await {
                     // Not stored: take it back if nobody has it yet.
                     q.withdraw(id);

@@ -370,6 +370,8 @@ struct Pending {
     closed: bool,
     /// Lone queue Adds whose producer has not been told yet.
     lone: HashMap<u64, Lone>,
+    /// The writer is waiting for work (only then is it worth a wake-up).
+    idle: bool,
 }
 
 impl Pending {
@@ -388,6 +390,9 @@ impl Pending {
                 s.lone = None;
                 if let Some(done) = s.done.take() {
                     let _ = done.send(Ok(()));
+                }
+                if at + 1 == self.queue.len() {
+                    self.queue.pop();
                 }
                 cancelled.fetch_add(1, Ordering::Relaxed);
                 false
@@ -482,7 +487,7 @@ impl Store {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn enqueue(&self, mut ops: Vec<Op>, done: Option<Done>, consumption: bool) {
+    fn enqueue(&self, mut ops: Vec<Op>, done: Option<Done>, consumption: bool, wake: bool) {
         let mut p = self
             .shared
             .pending
@@ -512,10 +517,31 @@ impl Store {
             let at = p.queue.len();
             p.lone.insert(id, Lone::Queued(at));
         }
-        let was_empty = p.queue.is_empty();
         p.queue.push(Submission { ops, done, lone });
+        let notify = wake && p.idle;
+        if notify {
+            p.idle = false;
+        }
         drop(p);
-        if was_empty {
+        if notify {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Wakes the writer if something waits for it (after
+    /// [`Store::start_write_deferred`]).
+    pub fn wake(&self) {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let notify = p.idle && !p.queue.is_empty();
+        if notify {
+            p.idle = false;
+        }
+        drop(p);
+        if notify {
             self.shared.wake.notify_one();
         }
     }
@@ -533,7 +559,19 @@ impl Store {
         ops: Vec<Op>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(ops, Some(tx), false);
+        self.enqueue(ops, Some(tx), false, true);
+        async move { rx.await.unwrap_or(Err(StoreError::Closed)) }
+    }
+
+    /// As [`Store::start_write`], but the writer is not woken until
+    /// [`Store::wake`]: a queue message handed to an auto-acknowledging
+    /// consumer in between is cancelled before the writer ever sees it.
+    pub fn start_write_deferred(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(ops, Some(tx), false, false);
         async move { rx.await.unwrap_or(Err(StoreError::Closed)) }
     }
 
@@ -541,7 +579,7 @@ impl Store {
     /// after everything submitted before.
     pub fn submit(&self, ops: Vec<Op>) {
         if !ops.is_empty() {
-            self.enqueue(ops, None, false);
+            self.enqueue(ops, None, false, true);
         }
     }
 
@@ -551,7 +589,7 @@ impl Store {
     /// record is not written yet it never is.
     pub fn consumed(&self, ops: Vec<Op>) {
         if !ops.is_empty() {
-            self.enqueue(ops, None, true);
+            self.enqueue(ops, None, true, true);
         }
     }
 
@@ -609,6 +647,7 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             p.closed = true;
+            p.idle = false;
         }
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -742,7 +781,9 @@ impl Writer {
                     .unwrap_or_else(|e| e.into_inner());
                 while p.queue.is_empty() && !p.closed {
                     if !self.dirty {
+                        p.idle = true;
                         p = self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                        p.idle = false;
                         continue;
                     }
                     // Something written is not yet durable: sync it when
@@ -752,12 +793,14 @@ impl Writer {
                         SyncPolicy::Periodic(every) => every,
                         SyncPolicy::Always => UNWAITED_SYNC_DELAY,
                     };
+                    p.idle = true;
                     let (q, timeout) = self
                         .shared
                         .wake
                         .wait_timeout(p, quiet)
                         .unwrap_or_else(|e| e.into_inner());
                     p = q;
+                    p.idle = false;
                     if timeout.timed_out() && p.queue.is_empty() {
                         drop(p);
                         self.periodic_sync();
