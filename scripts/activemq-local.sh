@@ -32,6 +32,7 @@
 #   AMQ_JAVA_OPTS      JVM options (default: -Xms256m -Xmx512m -XX:+UseSerialGC)
 #   AMQ_STOMP_SCHEME   stomp | stomp+nio (default: stomp)
 #   AMQ_START_TIMEOUT  seconds to wait for the ports (default: 90)
+#   AMQ_MEMORY_LIMIT   broker memoryUsage limit, e.g. "64 mb" (default: 70% of the heap)
 #
 # Requires the Debian package `activemq` (apt-get install -y activemq), which
 # provides /usr/share/activemq and a JRE.
@@ -47,6 +48,13 @@ AMQ_HOME="${AMQ_HOME:-/usr/share/activemq}"
 JAVA_OPTS="${AMQ_JAVA_OPTS:--Xms256m -Xmx512m -XX:+UseSerialGC}"
 STOMP_SCHEME="${AMQ_STOMP_SCHEME:-stomp}"
 START_TIMEOUT="${AMQ_START_TIMEOUT:-90}"
+# memoryUsage: the default config's share of the heap, or a fixed limit
+# (AMQ_MEMORY_LIMIT="64 mb": persistent backlog beyond it stays in KahaDB only).
+if [[ -n "${AMQ_MEMORY_LIMIT:-}" ]]; then
+  MEMORY_USAGE="limit=\"$AMQ_MEMORY_LIMIT\""
+else
+  MEMORY_USAGE='percentOfJvmHeap="70"'
+fi
 
 CONF_DIR="$BASE_DIR/conf"
 DATA_DIR="$BASE_DIR/data"
@@ -99,7 +107,7 @@ write_config() {
 
     <systemUsage>
       <systemUsage>
-        <memoryUsage><memoryUsage percentOfJvmHeap="70"/></memoryUsage>
+        <memoryUsage><memoryUsage $MEMORY_USAGE/></memoryUsage>
         <storeUsage><storeUsage limit="2 gb"/></storeUsage>
         <tempUsage><tempUsage limit="1 gb"/></tempUsage>
       </systemUsage>

@@ -137,9 +137,9 @@ def run_json(cmd, timeout=900):
     raise RuntimeError(f"no result from {cmd[:3]}: {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
-def tool(role, url, dest, count, extra):
+def tool(role, url, dest, count, extra, timeout=300):
     return [FERROMQ, role, "--url", url, "--destination", dest, "--count", str(count), "--json",
-            "--timeout", "300"] + extra
+            "--timeout", str(timeout)] + extra
 
 
 def java(role, url, dest, count, *args):
@@ -208,8 +208,8 @@ def recovery(name, cls, n):
     b = cls(RECOVERY_CONFIG[name]) if name in RECOVERY_CONFIG else cls()
     b.start()
     fill = run_json(tool("producer", f"stomp://127.0.0.1:{b.stomp}", "queue://recovery", n,
-                         ["--clients", "4", "--persistent", "--size", "100", "--batch", "1000",
-                          "--timeout", "1800"]), timeout=1900)
+                         ["--clients", "4", "--persistent", "--size", "100", "--batch", "1000"],
+                         timeout=1800), timeout=1900)
     if fill["messages"] != n:
         raise RuntimeError(f"{name}: only {fill['messages']} of {n} stored: {fill.get('first_error')}")
     b.kill9()

@@ -43,11 +43,12 @@ impl<'a> Cursor<'a> {
     pub fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(self.u64()? as i64)
     }
+    /// The next length-prefixed bytes, copied: what is decoded (recovered
+    /// messages stay queued for long) must not keep the segment it was read
+    /// from in memory.
     pub fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u32()? as usize;
-        let start = self.pos;
-        self.take(n)?;
-        Ok(self.buf.slice(start..start + n))
+        Ok(Bytes::copy_from_slice(self.take(n)?))
     }
     pub fn str(&mut self) -> Result<ByteStr, DecodeError> {
         ByteStr::from_utf8(self.bytes()?).map_err(|_| DecodeError("invalid UTF-8"))
@@ -269,6 +270,16 @@ mod tests {
         assert_eq!(back.reply_to, m.reply_to);
         assert!(back.persistent);
         assert_eq!(back.priority, 8);
+        // Nothing decoded points into the record (the segment read at
+        // recovery is freed once replayed).
+        let record = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+        assert!(!record.contains(&(back.body.as_ptr() as usize)));
+        for (k, v) in &back.properties {
+            assert!(!record.contains(&(k.as_ptr() as usize)));
+            if let PropValue::String(v) = v {
+                assert!(!record.contains(&(v.as_ptr() as usize)));
+            }
+        }
         assert!(decode_message(&mut Cursor::new(&bytes.slice(..10))).is_err());
     }
 }

@@ -489,3 +489,27 @@ fn a_transaction_s_removal_does_not_confirm_early() {
     let (_, r) = Store::open(config(dir.path())).unwrap();
     assert_eq!(bodies(&r), vec!["a", "tx send"]);
 }
+
+#[test]
+fn recovered_messages_share_destination_names_and_producer_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("shared");
+    rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        for i in 0..3 {
+            store
+                .write(vec![add(&store, &q, &format!("m{i}"), vec![])])
+                .await
+                .unwrap();
+        }
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(r.messages.len(), 3);
+    let (d0, _, m0) = &r.messages[0];
+    for (d, _, m) in &r.messages[1..] {
+        assert!(Arc::ptr_eq(&d0.name, &d.name));
+        assert!(Arc::ptr_eq(&m0.destination.name, &m.destination.name));
+        assert!(Arc::ptr_eq(&m0.id.producer, &m.id.producer));
+    }
+}
