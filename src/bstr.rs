@@ -33,6 +33,14 @@ impl ByteStr {
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
+
+    /// A part of this string sharing its storage (no copy, no UTF-8 check).
+    /// Panics unless both ends are on character boundaries.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> ByteStr {
+        let s = self.as_str();
+        assert!(s.is_char_boundary(range.start) && s.is_char_boundary(range.end));
+        ByteStr(self.0.slice(range))
+    }
 }
 
 impl Deref for ByteStr {

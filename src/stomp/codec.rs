@@ -263,22 +263,42 @@ type Head = (Command, Vec<(ByteStr, ByteStr)>);
 
 /// Parses the command line and header lines of a complete head.
 fn parse_head(head: Bytes, version: Version) -> Result<Head, CodecError> {
-    let mut lines = LineIter { buf: head, pos: 0 };
-    let command_line = lines.next().unwrap_or_default();
-    let command = Command::parse(trim_ascii(&command_line));
+    let first_nl = memchr::memchr(b'\n', &head).map_or(head.len(), |i| i + 1);
+    let command_line = line_content(&head[..first_nl]);
+    let command = Command::parse(trim_ascii(command_line));
     let escaped = version >= Version::V1_1 && !command.is_connect_family();
+    // The header lines are checked as UTF-8 once, then sliced at ASCII
+    // delimiters (which keeps every slice valid UTF-8).
+    let lines = ByteStr::from_utf8(head.slice(first_nl..))
+        .map_err(|_| CodecError::Malformed("Invalid UTF-8 in a header".into()))?;
+    let unescape = escaped && memchr::memchr(b'\\', lines.as_bytes()).is_some();
+    let text = lines.as_bytes();
     let mut headers = Vec::new();
-    for line in lines {
-        if line.is_empty() {
+    let mut pos = 0;
+    while pos < text.len() {
+        let nl = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
+        let end = pos + line_content(&text[pos..nl]).len();
+        let start = pos;
+        pos = nl + 1;
+        if end == start {
             break;
         }
         // ActiveMQ accepts a header line without a colon as a header with an empty value.
-        let (name, value) = match memchr::memchr(b':', &line) {
-            Some(i) => (line.slice(..i), line.slice(i + 1..)),
-            None => (line.clone(), Bytes::new()),
+        let (name, mut value) = match memchr::memchr(b':', &text[start..end]) {
+            Some(i) => (
+                lines.slice(start..start + i),
+                lines.slice(start + i + 1..end),
+            ),
+            None => (lines.slice(start..end), ByteStr::default()),
         };
-        let name = decode_text(name, escaped, version)?;
-        let mut value = decode_text(value, escaped, version)?;
+        let name = if unescape && name.contains('\\') {
+            decode_text(name.as_bytes().clone(), true, version)?
+        } else {
+            name
+        };
+        if unescape && value.contains('\\') {
+            value = decode_text(value.as_bytes().clone(), true, version)?;
+        }
         if !escaped
             && (value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace))
         {
@@ -289,27 +309,10 @@ fn parse_head(head: Bytes, version: Version) -> Result<Head, CodecError> {
     Ok((command, headers))
 }
 
-struct LineIter {
-    buf: Bytes,
-    pos: usize,
-}
-
-impl Iterator for LineIter {
-    type Item = Bytes;
-    fn next(&mut self) -> Option<Bytes> {
-        if self.pos >= self.buf.len() {
-            return None;
-        }
-        let rest = &self.buf[self.pos..];
-        let nl = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-        let mut end = nl;
-        if end > 0 && rest[end - 1] == b'\r' {
-            end -= 1;
-        }
-        let line = self.buf.slice(self.pos..self.pos + end);
-        self.pos += nl + 1;
-        Some(line)
-    }
+/// A line without its `\r` (CRLF line ends).
+fn line_content(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// STOMP 1.0 (and CONNECT frames) header values are trimmed, as ActiveMQ does.
