@@ -1070,6 +1070,8 @@ impl Broker {
                     q.withdraw(id);
                     return Err(e);
                 }
+                // If it was paged out, it can be read back now.
+                q.kick();
                 Ok(full)
             }
             _ => {

@@ -18,7 +18,7 @@ use crate::broker::destination::Destination;
 use crate::broker::message::{now_millis, Message};
 use crate::broker::subscription::{ConsumerSlot, ConsumerSpec, Delivery, Entry, InFlight};
 use crate::broker::Broker;
-use crate::store::{Op, Store};
+use crate::store::{Op, ReadBack, Store};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -52,9 +52,20 @@ pub enum DeadCause {
     Expired,
 }
 
+/// A persistent message kept only in the journal (paged out), in arrival
+/// order behind the pending ones.
+struct Paged {
+    order: u64,
+    store_id: u64,
+}
+
 #[derive(Default)]
 struct QueueState {
     pending: VecDeque<Entry>,
+    /// Persistent messages not in memory, oldest first: every persistent
+    /// message arriving while there are some joins them (first in, first
+    /// out); they are read back as pending ones are dispatched.
+    paged: VecDeque<Paged>,
     consumers: Vec<ConsumerSlot>,
     /// Where round-robin continues.
     next_consumer: usize,
@@ -145,6 +156,23 @@ impl Queue {
             let mut st = self.lock();
             let order = st.next_order;
             st.next_order += 1;
+            // A persistent message past half the memory limit stays in the
+            // journal only (ActiveMQ's store cursor): its producer does not
+            // wait for consumers, only the store limit bounds the backlog.
+            if self.pages(&message)
+                && (!st.paged.is_empty()
+                    || self.memory.load(Ordering::Relaxed) + size > self.memory_limit / 2)
+            {
+                st.paged.push_back(Paged {
+                    order,
+                    store_id: message.store_id,
+                });
+                drop(message);
+                let dead = self.dispatch(&mut st);
+                drop(st);
+                self.finish(dead, Vec::new());
+                return self.over_limit();
+            }
             insert_pending(
                 &mut st.pending,
                 Entry {
@@ -158,6 +186,67 @@ impl Queue {
         };
         self.finish(dead, Vec::new());
         self.over_limit()
+    }
+
+    /// Whether a message may be paged out: a persistent one of a queue (not
+    /// of a durable subscription) with a store.
+    fn pages(&self, m: &Message) -> bool {
+        m.store_id != 0 && self.store.is_some() && self.store_sub.is_none()
+    }
+
+    /// Reads paged-out messages back while few are pending. Stops at one
+    /// whose record is not written yet (its send is still being stored):
+    /// [`Queue::kick`] comes once it is.
+    fn page_in(&self, st: &mut QueueState) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        while st.pending.len() < PAGE_IN_BELOW && !st.paged.is_empty() {
+            let budget = self.memory_limit / 2;
+            let n = st.paged.len().min(PAGE_SIZE);
+            let ids: Vec<u64> = st.paged.iter().take(n).map(|p| p.store_id).collect();
+            let read = store.read_messages(&ids);
+            let mut taken = 0;
+            for r in read {
+                match r {
+                    ReadBack::Message(message) => {
+                        let order = st.paged[taken].order;
+                        self.memory
+                            .fetch_add(message.memory_size(), Ordering::Relaxed);
+                        insert_pending(
+                            &mut st.pending,
+                            Entry {
+                                order,
+                                message,
+                                redelivery_count: 0,
+                            },
+                        );
+                        taken += 1;
+                    }
+                    ReadBack::Unreadable => taken += 1, // logged; nothing to deliver
+                    ReadBack::NotWritten => break,
+                }
+                if self.memory.load(Ordering::Relaxed) >= budget {
+                    break;
+                }
+            }
+            st.paged.drain(..taken);
+            if taken < n {
+                return;
+            }
+        }
+    }
+
+    /// Dispatches again (a paged-out message's record is now written).
+    pub fn kick(&self) {
+        let dead = {
+            let mut st = self.lock();
+            if st.paged.is_empty() {
+                return;
+            }
+            self.dispatch(&mut st)
+        };
+        self.finish(dead, Vec::new());
     }
 
     pub fn over_limit(&self) -> bool {
@@ -469,6 +558,10 @@ impl Queue {
     pub fn withdraw(&self, store_id: u64) -> bool {
         let removed = {
             let mut st = self.lock();
+            if let Some(pos) = st.paged.iter().position(|p| p.store_id == store_id) {
+                st.paged.remove(pos);
+                return true;
+            }
             match st
                 .pending
                 .iter()
@@ -496,8 +589,10 @@ impl Queue {
             .collect()
     }
 
+    /// Messages waiting for a consumer, in memory or paged out.
     pub fn pending_count(&self) -> usize {
-        self.lock().pending.len()
+        let st = self.lock();
+        st.pending.len() + st.paged.len()
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -523,11 +618,20 @@ impl Queue {
 
     /// Drops every pending message (used when a subscription's queue is destroyed).
     pub fn purge(&self) {
-        let freed: usize = {
+        let (freed, paged) = {
             let mut st = self.lock();
-            st.pending.drain(..).map(|e| e.message.memory_size()).sum()
+            let freed = st.pending.drain(..).map(|e| e.message.memory_size()).sum();
+            let paged: Vec<Op> = st
+                .paged
+                .drain(..)
+                .map(|p| Op::Remove { id: p.store_id })
+                .collect();
+            (freed, paged)
         };
         self.release(freed);
+        if let (Some(store), false) = (&self.store, paged.is_empty()) {
+            store.consumed(paged);
+        }
     }
 
     pub fn mark_deleted(&self) {
@@ -543,9 +647,27 @@ impl Queue {
     /// Returns the expired messages it met, to be routed once the lock is released.
     fn dispatch(&self, st: &mut QueueState) -> Vec<(Arc<Message>, DeadCause)> {
         let mut dead = Vec::new();
-        if st.consumers.is_empty() {
-            return dead;
+        loop {
+            if st.consumers.is_empty() {
+                return dead;
+            }
+            let paged_before = st.paged.len();
+            if paged_before > 0 && st.pending.len() < PAGE_IN_BELOW {
+                self.page_in(st);
+            }
+            self.dispatch_pending(st, &mut dead);
+            // Consumers still have room and more was read back: go on.
+            let more = st.pending.is_empty()
+                && !st.paged.is_empty()
+                && st.paged.len() < paged_before
+                && st.consumers.iter().any(|c| c.has_credit() && !c.dead);
+            if !more {
+                return dead;
+            }
         }
+    }
+
+    fn dispatch_pending(&self, st: &mut QueueState, dead: &mut Vec<(Arc<Message>, DeadCause)>) {
         let mut now = None;
         // Without selectors the first pending message either goes to a
         // consumer or nobody has credit: no scanning. With selectors, a
@@ -634,7 +756,6 @@ impl Queue {
             }
             at += 1;
         }
-        dead
     }
 
     /// What records that this queue is done with a persistent message.
@@ -689,6 +810,11 @@ impl Queue {
 /// Pending messages one dispatch pass looks at, at most, for consumers with
 /// selectors.
 const MAX_SCAN: usize = 10_000;
+
+/// Paged-out messages are read back when fewer than this many are pending,
+/// at most `PAGE_SIZE` at a time (and up to half the memory limit).
+const PAGE_IN_BELOW: usize = 1_000;
+const PAGE_SIZE: usize = 1_000;
 
 /// Message groups a queue remembers the consumer of.
 const MAX_GROUPS: usize = 65_536;

@@ -26,7 +26,7 @@
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -286,22 +286,41 @@ impl Journal {
         if at.segment == self.head_seq && at.offset >= self.head_len {
             self.flush()?;
         }
-        let mut f = File::open(segment_path(&self.dir, at.segment))?;
-        f.seek(SeekFrom::Start(at.offset))?;
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        f.read_exact(&mut header)?;
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
-        if len > self.max_record {
-            return Err(JournalError::Corrupt {
-                file: segment_path(&self.dir, at.segment),
-                offset: at.offset,
-                reason: format!("record length {len} over the limit"),
-            });
-        }
-        let mut payload = vec![0u8; len];
-        f.read_exact(&mut payload)?;
-        Ok((header[4], Bytes::from(payload)))
+        read_record(&self.dir, at, self.max_record)
     }
+}
+
+/// Reads and checks the record at `at` (written and flushed, so any thread
+/// may read it while its segment exists).
+pub fn read_record(
+    dir: &Path,
+    at: Location,
+    max_record: usize,
+) -> Result<(u8, Bytes), JournalError> {
+    use std::os::unix::fs::FileExt;
+    let path = segment_path(dir, at.segment);
+    let corrupt = |reason: String| JournalError::Corrupt {
+        file: path.clone(),
+        offset: at.offset,
+        reason,
+    };
+    let f = File::open(&path)?;
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    f.read_exact_at(&mut header, at.offset)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
+    if len > max_record {
+        return Err(corrupt(format!("record length {len} over the limit")));
+    }
+    let mut payload = vec![0u8; len];
+    f.read_exact_at(&mut payload, at.offset + RECORD_HEADER_LEN as u64)?;
+    let stored = u32::from_le_bytes(header[5..9].try_into().expect("4"));
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[header[4]]);
+    crc.update(&payload);
+    if crc.finalize() != stored {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok((header[4], Bytes::from(payload)))
 }
 
 fn write_header(f: &mut File, seq: u64) -> io::Result<()> {

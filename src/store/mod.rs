@@ -89,6 +89,16 @@ pub enum StoreError {
     Full(u64),
 }
 
+/// A message read back from the journal.
+#[derive(Debug)]
+pub enum ReadBack {
+    Message(Arc<Message>),
+    /// Its record is not written yet (or the message is gone).
+    NotWritten,
+    /// Its record cannot be read or decoded (logged).
+    Unreadable,
+}
+
 /// What the broker asks the store to record.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -409,6 +419,9 @@ impl Pending {
 
 struct Shared {
     pending: Mutex<Pending>,
+    /// What is live and where: the writer's, read by page-ins. Held while
+    /// records are read, so that no segment goes away under a reader.
+    index: Mutex<Index>,
     wake: Condvar,
     /// Bytes of journal on disk.
     usage: AtomicU64,
@@ -434,6 +447,8 @@ pub struct StoreStats {
 
 pub struct Store {
     shared: Arc<Shared>,
+    dir: PathBuf,
+    max_record: usize,
     next_id: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -459,6 +474,7 @@ impl Store {
         );
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            index: Mutex::new(index),
             wake: Condvar::new(),
             usage: AtomicU64::new(journal.disk_usage()),
             limit: config.limit,
@@ -468,13 +484,16 @@ impl Store {
             stats: StoreStats::default(),
         });
         let thread_shared = shared.clone();
+        let (dir, max_record) = (config.dir.clone(), config.max_record);
         let thread = std::thread::Builder::new()
             .name("ferromq-journal".into())
-            .spawn(move || Writer::new(journal, index, config, thread_shared).run())
+            .spawn(move || Writer::new(journal, config, thread_shared).run())
             .map_err(JournalError::Io)?;
         Ok((
             Arc::new(Store {
                 shared,
+                dir,
+                max_record,
                 next_id: AtomicU64::new(max_id + 1),
                 thread: Mutex::new(Some(thread)),
             }),
@@ -596,6 +615,42 @@ impl Store {
     /// Resolves when everything submitted so far is durable.
     pub async fn barrier(&self) -> Result<(), StoreError> {
         self.write(Vec::new()).await
+    }
+
+    /// Reads queue messages back from the journal (a queue pages in what it
+    /// kept only here), in order.
+    pub fn read_messages(&self, ids: &[u64]) -> Vec<ReadBack> {
+        let index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .map(|id| {
+                let Some(live) = index.messages.get(id) else {
+                    return ReadBack::NotWritten;
+                };
+                let at = live.at;
+                let read = journal::read_record(&self.dir, at, self.max_record)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(kind, payload)| {
+                        decode_record(kind, &payload).map_err(|e| e.to_string())
+                    });
+                let found = read.map(|ops| {
+                    ops.into_iter().find_map(|op| match op {
+                        Op::Add { id: i, message, .. } if i == *id => Some(message),
+                        _ => None,
+                    })
+                });
+                match found {
+                    Ok(Some(m)) => ReadBack::Message(m),
+                    Ok(None) => {
+                        error!(id, segment = at.segment, offset = at.offset, "the journal record of a message does not hold it");
+                        ReadBack::Unreadable
+                    }
+                    Err(e) => {
+                        error!(id, segment = at.segment, offset = at.offset, error = %e, "cannot read a message back from the journal");
+                        ReadBack::Unreadable
+                    }
+                }
+            })
+            .collect()
     }
 
     pub fn usage(&self) -> u64 {
@@ -828,7 +883,6 @@ const UNWAITED_SYNC_DELAY: Duration = Duration::from_millis(50);
 /// The writer thread's state.
 struct Writer {
     journal: Journal,
-    index: Index,
     config: StoreConfig,
     shared: Arc<Shared>,
     last_sync: Instant,
@@ -836,10 +890,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(journal: Journal, index: Index, config: StoreConfig, shared: Arc<Shared>) -> Self {
+    fn new(journal: Journal, config: StoreConfig, shared: Arc<Shared>) -> Self {
         Writer {
             journal,
-            index,
             config,
             shared,
             last_sync: Instant::now(),
@@ -1033,8 +1086,9 @@ impl Writer {
                 .stats
                 .records
                 .fetch_add(placed.len() as u64, Ordering::Relaxed);
+            let mut index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
             for (op, at) in &placed {
-                self.index.apply(op, *at);
+                index.apply(op, *at);
             }
         }
         // Space is reclaimed before anyone is told, so that a producer that
@@ -1069,31 +1123,24 @@ impl Writer {
     /// Deletes the oldest segments while nothing in them is live, then
     /// compacts the oldest one if the journal has grown long.
     fn collect_garbage(&mut self) {
+        let shared = self.shared.clone();
+        let mut guard = shared.index.lock().unwrap_or_else(|e| e.into_inner());
+        let index = &mut *guard;
         let mut deleted = false;
         while let Some((&oldest, _)) = self.journal.segments().iter().next() {
             if oldest == self.journal.head_segment() {
                 break;
             }
-            let live = self
-                .index
-                .live_per_segment
-                .get(&oldest)
-                .copied()
-                .unwrap_or(0);
+            let live = index.live_per_segment.get(&oldest).copied().unwrap_or(0);
             if live > 0 {
-                let records = self
-                    .index
-                    .records_per_segment
-                    .get(&oldest)
-                    .copied()
-                    .unwrap_or(0);
+                let records = index.records_per_segment.get(&oldest).copied().unwrap_or(0);
                 // Only a segment where at most a quarter of the records are
                 // still live is worth copying forward; otherwise it would be
                 // rewritten again and again.
                 if self.journal.segments().len() > self.config.compact_after_segments
                     && live * 4 <= records
                 {
-                    if let Err(e) = self.compact(oldest) {
+                    if let Err(e) = self.compact(index, oldest) {
                         warn!(segment = oldest, error = %e, "journal compaction failed");
                         break;
                     }
@@ -1103,8 +1150,8 @@ impl Writer {
             }
             match self.journal.delete_segment(oldest) {
                 Ok(()) => {
-                    self.index.live_per_segment.remove(&oldest);
-                    self.index.records_per_segment.remove(&oldest);
+                    index.live_per_segment.remove(&oldest);
+                    index.records_per_segment.remove(&oldest);
                     self.shared
                         .stats
                         .segments_deleted
@@ -1126,16 +1173,14 @@ impl Writer {
     }
 
     /// Copies the live records of segment `seg` to the head, so it can go.
-    fn compact(&mut self, seg: u64) -> Result<(), JournalError> {
-        let messages: Vec<u64> = self
-            .index
+    fn compact(&mut self, index: &mut Index, seg: u64) -> Result<(), JournalError> {
+        let messages: Vec<u64> = index
             .messages
             .iter()
             .filter(|(_, l)| l.at.segment == seg)
             .map(|(id, _)| *id)
             .collect();
-        let subs: Vec<u64> = self
-            .index
+        let subs: Vec<u64> = index
             .subs
             .iter()
             .filter(|(_, at)| at.segment == seg)
@@ -1144,7 +1189,7 @@ impl Writer {
         let mut copied: Vec<(Op, Location)> = Vec::new();
         let mut scratch = Vec::new();
         for id in messages {
-            let at = self.index.messages[&id].at;
+            let at = index.messages[&id].at;
             let (kind, payload) = self.journal.read(at)?;
             let ops = decode_record(kind, &payload).map_err(|e| JournalError::Corrupt {
                 file: self.config.dir.clone(),
@@ -1161,7 +1206,7 @@ impl Writer {
             else {
                 continue;
             };
-            let subs = match &self.index.messages[&id].subs {
+            let subs = match &index.messages[&id].subs {
                 Some(s) => {
                     let mut v: Vec<u64> = s.iter().copied().collect();
                     v.sort_unstable();
@@ -1181,7 +1226,7 @@ impl Writer {
             copied.push((op, new_at));
         }
         for sub in subs {
-            let at = self.index.subs[&sub];
+            let at = index.subs[&sub];
             let (kind, payload) = self.journal.read(at)?;
             let Ok(ops) = decode_record(kind, &payload) else {
                 continue;
@@ -1198,7 +1243,7 @@ impl Writer {
         self.journal.flush()?;
         self.journal.sync()?;
         for (op, at) in &copied {
-            self.index.apply(op, *at);
+            index.apply(op, *at);
         }
         self.shared
             .stats

@@ -270,6 +270,13 @@ fn consumed_segments_are_deleted_and_compaction_keeps_exactly_the_live_records()
         assert!(store.stats().segments_deleted.load(Ordering::Relaxed) > 0);
         assert!(store.stats().compactions.load(Ordering::Relaxed) > 0);
         assert!(store.usage() < 6 * 64 * 1024);
+        // A page-in reads it from where compaction moved it; consumed ones
+        // are not there.
+        let read = store.read_messages(&[keep, keep + 1]);
+        assert!(
+            matches!(&read[0], ReadBack::Message(m) if &m.body[..] == b"the slow one" && m.store_id == keep)
+        );
+        assert!(matches!(read[1], ReadBack::NotWritten));
         store.close();
         keep
     });
