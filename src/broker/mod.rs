@@ -1143,6 +1143,13 @@ impl Broker {
                 .insert((sub.client_id.clone(), sub.name.clone()), d.clone());
             by_store_id.insert(sub.sub, d);
         }
+        let mut queued: std::collections::HashMap<Arc<str>, Vec<u64>> = Default::default();
+        for (destination, id) in recovered.queued {
+            queued.entry(destination.name).or_default().push(id);
+        }
+        for (name, ids) in queued {
+            self.queue(&name).restore_paged(ids);
+        }
         for (destination, subs, message) in recovered.messages {
             if destination.is_queue() {
                 self.queue(&destination.name).send(message);

@@ -237,6 +237,21 @@ impl Queue {
         }
     }
 
+    /// Takes recovered messages that are in the journal only, in this order
+    /// (behind any already here).
+    pub fn restore_paged(&self, ids: Vec<u64>) {
+        self.stats
+            .enqueued
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let mut st = self.lock();
+        st.paged.reserve(ids.len());
+        for store_id in ids {
+            let order = st.next_order;
+            st.next_order += 1;
+            st.paged.push_back(Paged { order, store_id });
+        }
+    }
+
     /// Dispatches again (a paged-out message's record is now written).
     pub fn kick(&self) {
         let dead = {
@@ -580,13 +595,15 @@ impl Queue {
         }
     }
 
-    /// Messages waiting for a consumer, oldest first (a browser's view).
+    /// Messages waiting for a consumer, oldest first (a browser's view): the
+    /// ones in memory, after reading back a page of those paged out (like
+    /// ActiveMQ, a browser sees a bounded page of a large backlog).
     pub fn browse(&self) -> Vec<Arc<Message>> {
-        self.lock()
-            .pending
-            .iter()
-            .map(|e| e.message.clone())
-            .collect()
+        let mut st = self.lock();
+        if !st.paged.is_empty() && st.pending.len() < PAGE_IN_BELOW {
+            self.page_in(&mut st);
+        }
+        st.pending.iter().map(|e| e.message.clone()).collect()
     }
 
     /// Messages waiting for a consumer, in memory or paged out.

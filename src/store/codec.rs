@@ -50,6 +50,23 @@ impl<'a> Cursor<'a> {
         let n = self.u32()? as usize;
         Ok(Bytes::copy_from_slice(self.take(n)?))
     }
+    /// The next length-prefixed bytes, borrowed.
+    pub fn raw(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    /// A destination's kind and name, borrowed.
+    pub fn raw_destination(&mut self) -> Result<(DestinationKind, &'a str), DecodeError> {
+        let kind = match self.u8()? {
+            0 => DestinationKind::Queue,
+            1 => DestinationKind::Topic,
+            2 => DestinationKind::TempQueue,
+            3 => DestinationKind::TempTopic,
+            _ => return Err(DecodeError("destination kind")),
+        };
+        let name = std::str::from_utf8(self.raw()?).map_err(|_| DecodeError("invalid UTF-8"))?;
+        Ok((kind, name))
+    }
     pub fn str(&mut self) -> Result<ByteStr, DecodeError> {
         ByteStr::from_utf8(self.bytes()?).map_err(|_| DecodeError("invalid UTF-8"))
     }
@@ -171,6 +188,17 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
         }
     }
     put_bytes(out, &m.body);
+}
+
+/// Only the priority of an encoded message (what recovery needs to order a
+/// queue whose messages it leaves in the journal).
+pub fn peek_priority(c: &mut Cursor) -> Result<u8, DecodeError> {
+    c.raw()?; // producer
+    c.u64()?; // sequence
+    c.raw_destination()?;
+    c.u8()?; // body kind
+    c.u8()?; // flags
+    c.u8()
 }
 
 pub fn decode_message(c: &mut Cursor) -> Result<Message, DecodeError> {

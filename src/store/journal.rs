@@ -297,14 +297,28 @@ pub fn read_record(
     at: Location,
     max_record: usize,
 ) -> Result<(u8, Bytes), JournalError> {
+    let f = open_segment(dir, at.segment)?;
+    read_record_in(&f, dir, at, max_record)
+}
+
+/// Opens a segment for [`read_record_in`].
+pub fn open_segment(dir: &Path, seq: u64) -> Result<File, JournalError> {
+    Ok(File::open(segment_path(dir, seq))?)
+}
+
+/// As [`read_record`], in the segment file `f` already open.
+pub fn read_record_in(
+    f: &File,
+    dir: &Path,
+    at: Location,
+    max_record: usize,
+) -> Result<(u8, Bytes), JournalError> {
     use std::os::unix::fs::FileExt;
-    let path = segment_path(dir, at.segment);
     let corrupt = |reason: String| JournalError::Corrupt {
-        file: path.clone(),
+        file: segment_path(dir, at.segment),
         offset: at.offset,
         reason,
     };
-    let f = File::open(&path)?;
     let mut header = [0u8; RECORD_HEADER_LEN];
     f.read_exact_at(&mut header, at.offset)?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;

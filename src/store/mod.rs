@@ -235,6 +235,61 @@ fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
     })
 }
 
+/// A record as recovery reads it: a queue message is only located and
+/// ordered (its body stays in the journal until its queue pages it in);
+/// everything else is decoded.
+enum Replayed {
+    Queued {
+        id: u64,
+        destination: Destination,
+        priority: u8,
+    },
+    Op(Op),
+}
+
+fn replay_op(
+    kind: u8,
+    payload: &Bytes,
+    names: &mut Interner,
+) -> Result<Replayed, codec::DecodeError> {
+    if kind == kind::ADD {
+        let mut c = Cursor::new(payload);
+        let id = c.u64()?;
+        let (dkind, name) = c.raw_destination()?;
+        if dkind.is_queue() && c.u32()? == 0 {
+            let priority = codec::peek_priority(&mut c)?;
+            return Ok(Replayed::Queued {
+                id,
+                destination: Destination {
+                    kind: dkind,
+                    name: names.get(name),
+                },
+                priority,
+            });
+        }
+    }
+    Ok(Replayed::Op(decode_op(kind, payload)?))
+}
+
+fn replay_record(
+    kind: u8,
+    payload: &Bytes,
+    names: &mut Interner,
+) -> Result<Vec<Replayed>, codec::DecodeError> {
+    if kind != kind::TX {
+        return Ok(vec![replay_op(kind, payload, names)?]);
+    }
+    let mut c = Cursor::new(payload);
+    let n = c.u32()? as usize;
+    let mut ops = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let k = c.u8()?;
+        let p = c.bytes()?;
+        ops.push(replay_op(k, &p, names)?);
+    }
+    Ok(ops)
+}
+
 fn decode_record(kind: u8, payload: &Bytes) -> Result<Vec<Op>, codec::DecodeError> {
     if kind != kind::TX {
         return Ok(vec![decode_op(kind, payload)?]);
@@ -261,12 +316,17 @@ pub struct RecoveredSub {
     pub selector: Option<Arc<str>>,
 }
 
-/// Everything live in the journal at start-up, in store order.
+/// Everything live in the journal at start-up.
 #[derive(Default)]
 pub struct Recovered {
     pub subs: Vec<RecoveredSub>,
-    /// (destination, durable subscriptions still owed it, message), oldest first.
+    /// Topic messages: (destination, durable subscriptions still owed it,
+    /// message), oldest first.
     pub messages: Vec<(Destination, Vec<u64>, Arc<Message>)>,
+    /// Queue messages, left in the journal (queues page them in with
+    /// [`Store::read_messages`]): (queue, store id), highest priority first,
+    /// oldest first within a priority.
+    pub queued: Vec<(Destination, u64)>,
     pub took: Duration,
 }
 
@@ -289,6 +349,15 @@ struct Index {
 }
 
 impl Index {
+    /// A queue message's Add, known only by its id (recovery).
+    fn add_queued(&mut self, id: u64, at: Location) {
+        *self.records_per_segment.entry(at.segment).or_insert(0) += 1;
+        if let Some(old) = self.messages.insert(id, Live { at, subs: None }) {
+            self.live(old.at.segment, -1);
+        }
+        self.live(at.segment, 1);
+    }
+
     fn live(&mut self, seg: u64, delta: isize) {
         let e = self.live_per_segment.entry(seg).or_insert(0);
         *e = (*e as isize + delta).max(0) as usize;
@@ -621,13 +690,21 @@ impl Store {
     /// kept only here), in order.
     pub fn read_messages(&self, ids: &[u64]) -> Vec<ReadBack> {
         let index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut files: HashMap<u64, std::fs::File> = HashMap::new();
         ids.iter()
             .map(|id| {
                 let Some(live) = index.messages.get(id) else {
                     return ReadBack::NotWritten;
                 };
                 let at = live.at;
-                let read = journal::read_record(&self.dir, at, self.max_record)
+                let file = match files.entry(at.segment) {
+                    std::collections::hash_map::Entry::Occupied(f) => Ok(f.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        journal::open_segment(&self.dir, at.segment).map(|f| v.insert(f))
+                    }
+                };
+                let read = file
+                    .and_then(|f| journal::read_record_in(f, &self.dir, at, self.max_record))
                     .map_err(|e| e.to_string())
                     .and_then(|(kind, payload)| {
                         decode_record(kind, &payload).map_err(|e| e.to_string())
@@ -764,6 +841,27 @@ struct Interner {
 }
 
 impl Interner {
+    /// The shared copy of `name`.
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(last) = &self.last {
+            if **last == *name {
+                return last.clone();
+            }
+        }
+        let shared = match self.known.get_key_value(name) {
+            Some((known, ())) => known.clone(),
+            None => {
+                let new: Arc<str> = Arc::from(name);
+                if self.known.len() < 100_000 {
+                    self.known.insert(new.clone(), ());
+                }
+                new
+            }
+        };
+        self.last = Some(shared.clone());
+        shared
+    }
+
     fn one(&mut self, name: &mut Arc<str>) {
         if let Some(last) = &self.last {
             if **last == **name {
@@ -791,8 +889,9 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
     let mut max_id = 0u64;
     let mut names = SharedNames::default();
+    let mut queued: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
     for r in records {
-        let ops = match decode_record(r.kind, &r.payload) {
+        let replayed = match replay_record(r.kind, &r.payload, &mut names.destinations) {
             Ok(ops) => ops,
             Err(e) => {
                 // A record that passed its checksum but does not decode was
@@ -801,7 +900,20 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
                 continue;
             }
         };
-        for mut op in ops {
+        for rep in replayed {
+            let mut op = match rep {
+                Replayed::Queued {
+                    id,
+                    destination,
+                    priority,
+                } => {
+                    max_id = max_id.max(id);
+                    index.add_queued(id, r.location);
+                    queued.insert(id, (destination, priority));
+                    continue;
+                }
+                Replayed::Op(op) => op,
+            };
             if let Op::Add {
                 destination,
                 message,
@@ -850,12 +962,18 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
             if let Op::Remove { id } | Op::SubAck { id, .. } = &op {
                 if !index.messages.contains_key(id) {
                     messages.remove(id);
+                    queued.remove(id);
                 }
             }
         }
     }
     messages.retain(|id, _| index.messages.contains_key(id));
+    queued.retain(|id, _| index.messages.contains_key(id));
+    let mut queued: Vec<(u64, Destination, u8)> =
+        queued.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
+    queued.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
     let recovered = Recovered {
+        queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
         subs: subs.into_values().collect(),
         messages: messages
             .into_iter()
