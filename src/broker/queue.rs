@@ -203,7 +203,7 @@ impl Queue {
         };
         while st.pending.len() < PAGE_IN_BELOW && !st.paged.is_empty() {
             let budget = self.memory_limit / 2;
-            let n = st.paged.len().min(PAGE_SIZE);
+            let n = st.paged.len().min(PAGE_SIZE - st.pending.len());
             let ids: Vec<u64> = st.paged.iter().take(n).map(|p| p.store_id).collect();
             let read = store.read_messages(&ids);
             let mut taken = 0;
@@ -224,7 +224,10 @@ impl Queue {
                         taken += 1;
                     }
                     ReadBack::Unreadable => taken += 1, // logged; nothing to deliver
-                    ReadBack::NotWritten => break,
+                    ReadBack::NotWritten => {
+                        tracing::debug!(queue = %self.destination, store_id = st.paged[taken].store_id, "page-in waits for a record to be written");
+                        break;
+                    }
                 }
                 if self.memory.load(Ordering::Relaxed) >= budget {
                     break;
@@ -829,8 +832,8 @@ impl Queue {
 const MAX_SCAN: usize = 10_000;
 
 /// Paged-out messages are read back when fewer than this many are pending,
-/// at most `PAGE_SIZE` at a time (and up to half the memory limit).
-const PAGE_IN_BELOW: usize = 1_000;
+/// up to `PAGE_SIZE` pending (and half the memory limit).
+const PAGE_IN_BELOW: usize = 250;
 const PAGE_SIZE: usize = 1_000;
 
 /// Message groups a queue remembers the consumer of.

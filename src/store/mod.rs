@@ -334,7 +334,9 @@ pub struct Recovered {
 struct Live {
     at: Location,
     /// Durable subscriptions still owed a topic message; `None` for a queue's.
-    subs: Option<HashSet<u64>>,
+    /// (Boxed: a million queue messages keep just the location.)
+    #[allow(clippy::box_collection)]
+    subs: Option<Box<HashSet<u64>>>,
 }
 
 /// The live records, by where they are.
@@ -372,7 +374,8 @@ impl Index {
                 destination,
                 ..
             } => {
-                let subs = (!destination.is_queue()).then(|| subs.iter().copied().collect());
+                let subs =
+                    (!destination.is_queue()).then(|| Box::new(subs.iter().copied().collect()));
                 if let Some(old) = self.messages.insert(*id, Live { at, subs }) {
                     self.live(old.at.segment, -1);
                 }
@@ -691,36 +694,41 @@ impl Store {
     pub fn read_messages(&self, ids: &[u64]) -> Vec<ReadBack> {
         let index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
         let mut files: HashMap<u64, std::fs::File> = HashMap::new();
+        // A transaction's record holds many messages: decoded once per call.
+        let mut records: HashMap<Location, Result<IdMap<Arc<Message>>, String>> = HashMap::new();
         ids.iter()
             .map(|id| {
                 let Some(live) = index.messages.get(id) else {
                     return ReadBack::NotWritten;
                 };
                 let at = live.at;
-                let file = match files.entry(at.segment) {
-                    std::collections::hash_map::Entry::Occupied(f) => Ok(f.into_mut()),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        journal::open_segment(&self.dir, at.segment).map(|f| v.insert(f))
-                    }
-                };
-                let read = file
-                    .and_then(|f| journal::read_record_in(f, &self.dir, at, self.max_record))
-                    .map_err(|e| e.to_string())
-                    .and_then(|(kind, payload)| {
-                        decode_record(kind, &payload).map_err(|e| e.to_string())
-                    });
-                let found = read.map(|ops| {
-                    ops.into_iter().find_map(|op| match op {
-                        Op::Add { id: i, message, .. } if i == *id => Some(message),
-                        _ => None,
-                    })
+                let record = records.entry(at).or_insert_with(|| {
+                    let file = match files.entry(at.segment) {
+                        std::collections::hash_map::Entry::Occupied(f) => Ok(f.into_mut()),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            journal::open_segment(&self.dir, at.segment).map(|f| v.insert(f))
+                        }
+                    };
+                    let (kind, payload) = file
+                        .and_then(|f| journal::read_record_in(f, &self.dir, at, self.max_record))
+                        .map_err(|e| e.to_string())?;
+                    let ops = decode_record(kind, &payload).map_err(|e| e.to_string())?;
+                    Ok(ops
+                        .into_iter()
+                        .filter_map(|op| match op {
+                            Op::Add { id, message, .. } => Some((id, message)),
+                            _ => None,
+                        })
+                        .collect())
                 });
-                match found {
-                    Ok(Some(m)) => ReadBack::Message(m),
-                    Ok(None) => {
-                        error!(id, segment = at.segment, offset = at.offset, "the journal record of a message does not hold it");
-                        ReadBack::Unreadable
-                    }
+                match record {
+                    Ok(adds) => match adds.get(id) {
+                        Some(m) => ReadBack::Message(m.clone()),
+                        None => {
+                            error!(id, segment = at.segment, offset = at.offset, "the journal record of a message does not hold it");
+                            ReadBack::Unreadable
+                        }
+                    },
                     Err(e) => {
                         error!(id, segment = at.segment, offset = at.offset, error = %e, "cannot read a message back from the journal");
                         ReadBack::Unreadable
@@ -1306,22 +1314,32 @@ impl Writer {
             .collect();
         let mut copied: Vec<(Op, Location)> = Vec::new();
         let mut scratch = Vec::new();
+        // A transaction's record holds many messages: decoded once.
+        let mut records: HashMap<Location, IdMap<(Destination, Arc<Message>)>> = HashMap::new();
         for id in messages {
             let at = index.messages[&id].at;
-            let (kind, payload) = self.journal.read(at)?;
-            let ops = decode_record(kind, &payload).map_err(|e| JournalError::Corrupt {
-                file: self.config.dir.clone(),
-                offset: at.offset,
-                reason: e.to_string(),
-            })?;
-            let Some(Op::Add {
-                destination,
-                message,
-                ..
-            }) = ops
-                .into_iter()
-                .find(|op| matches!(op, Op::Add { id: i, .. } if *i == id))
-            else {
+            if let std::collections::hash_map::Entry::Vacant(slot) = records.entry(at) {
+                let (kind, payload) = self.journal.read(at)?;
+                let ops = decode_record(kind, &payload).map_err(|e| JournalError::Corrupt {
+                    file: self.config.dir.clone(),
+                    offset: at.offset,
+                    reason: e.to_string(),
+                })?;
+                let adds = ops
+                    .into_iter()
+                    .filter_map(|op| match op {
+                        Op::Add {
+                            id,
+                            destination,
+                            message,
+                            ..
+                        } => Some((id, (destination, message))),
+                        _ => None,
+                    })
+                    .collect();
+                slot.insert(adds);
+            }
+            let Some((destination, message)) = records[&at].get(&id).cloned() else {
                 continue;
             };
             let subs = match &index.messages[&id].subs {
