@@ -173,19 +173,25 @@ impl Queue {
                 self.finish(dead, Vec::new());
                 return self.over_limit();
             }
-            insert_pending(
-                &mut st.pending,
-                Entry {
-                    order,
-                    message,
-                    redelivery_count: 0,
-                },
-            );
-            self.memory.fetch_add(size, Ordering::Relaxed);
+            self.hold(&mut st, order, message);
             self.dispatch(&mut st)
         };
         self.finish(dead, Vec::new());
         self.over_limit()
+    }
+
+    /// Keeps a message in memory, pending, in its place.
+    fn hold(&self, st: &mut QueueState, order: u64, message: Arc<Message>) {
+        self.memory
+            .fetch_add(message.memory_size(), Ordering::Relaxed);
+        insert_pending(
+            &mut st.pending,
+            Entry {
+                order,
+                message,
+                redelivery_count: 0,
+            },
+        );
     }
 
     /// Whether a message may be paged out: a persistent one of a queue (not
@@ -211,16 +217,7 @@ impl Queue {
                 match r {
                     ReadBack::Message(message) => {
                         let order = st.paged[taken].order;
-                        self.memory
-                            .fetch_add(message.memory_size(), Ordering::Relaxed);
-                        insert_pending(
-                            &mut st.pending,
-                            Entry {
-                                order,
-                                message,
-                                redelivery_count: 0,
-                            },
-                        );
+                        self.hold(st, order, message);
                         taken += 1;
                     }
                     ReadBack::Unreadable => taken += 1, // logged; nothing to deliver

@@ -57,13 +57,7 @@ impl<'a> Cursor<'a> {
     }
     /// A destination's kind and name, borrowed.
     pub fn raw_destination(&mut self) -> Result<(DestinationKind, &'a str), DecodeError> {
-        let kind = match self.u8()? {
-            0 => DestinationKind::Queue,
-            1 => DestinationKind::Topic,
-            2 => DestinationKind::TempQueue,
-            3 => DestinationKind::TempTopic,
-            _ => return Err(DecodeError("destination kind")),
-        };
+        let kind = self.destination_kind()?;
         let name = std::str::from_utf8(self.raw()?).map_err(|_| DecodeError("invalid UTF-8"))?;
         Ok((kind, name))
     }
@@ -77,14 +71,17 @@ impl<'a> Cursor<'a> {
         })
     }
     pub fn destination(&mut self) -> Result<Destination, DecodeError> {
-        let kind = match self.u8()? {
+        let (kind, name) = self.raw_destination()?;
+        Ok(Destination::new(kind, name))
+    }
+    fn destination_kind(&mut self) -> Result<DestinationKind, DecodeError> {
+        Ok(match self.u8()? {
             0 => DestinationKind::Queue,
             1 => DestinationKind::Topic,
             2 => DestinationKind::TempQueue,
             3 => DestinationKind::TempTopic,
             _ => return Err(DecodeError("destination kind")),
-        };
-        Ok(Destination::new(kind, self.str()?.as_str()))
+        })
     }
     fn opt_destination(&mut self) -> Result<Option<Destination>, DecodeError> {
         Ok(match self.u8()? {

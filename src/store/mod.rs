@@ -276,23 +276,22 @@ fn replay_record(
     payload: &Bytes,
     names: &mut Interner,
 ) -> Result<Vec<Replayed>, codec::DecodeError> {
-    if kind != kind::TX {
-        return Ok(vec![replay_op(kind, payload, names)?]);
-    }
-    let mut c = Cursor::new(payload);
-    let n = c.u32()? as usize;
-    let mut ops = Vec::with_capacity(n.min(4096));
-    for _ in 0..n {
-        let k = c.u8()?;
-        let p = c.bytes()?;
-        ops.push(replay_op(k, &p, names)?);
-    }
-    Ok(ops)
+    each_op(kind, payload, |k, p| replay_op(k, p, names))
 }
 
 fn decode_record(kind: u8, payload: &Bytes) -> Result<Vec<Op>, codec::DecodeError> {
+    each_op(kind, payload, decode_op)
+}
+
+/// Applies `f` to the one operation of a record, or to each of a
+/// transaction's.
+fn each_op<T>(
+    kind: u8,
+    payload: &Bytes,
+    mut f: impl FnMut(u8, &Bytes) -> Result<T, codec::DecodeError>,
+) -> Result<Vec<T>, codec::DecodeError> {
     if kind != kind::TX {
-        return Ok(vec![decode_op(kind, payload)?]);
+        return Ok(vec![f(kind, payload)?]);
     }
     let mut c = Cursor::new(payload);
     let n = c.u32()? as usize;
@@ -300,7 +299,7 @@ fn decode_record(kind: u8, payload: &Bytes) -> Result<Vec<Op>, codec::DecodeErro
     for _ in 0..n {
         let k = c.u8()?;
         let p = c.bytes()?;
-        ops.push(decode_op(k, &p)?);
+        ops.push(f(k, &p)?);
     }
     Ok(ops)
 }

@@ -444,9 +444,8 @@ fn add_id(op: &Op) -> u64 {
 fn consumption_confirms_the_producer_and_cancels_an_unwritten_add() {
     let q = Destination::queue("q");
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    let faults = cfg.faults.clone();
-    cfg.faults = faults.clone();
+    let cfg = config(dir.path());
+    let faults = cfg.faults.clone(); // shares the switches
     rt().block_on(async {
         let (store, _) = Store::open(cfg).unwrap();
         // A slow fsync keeps the writer busy with the first message.
@@ -497,9 +496,8 @@ fn consumption_confirms_the_producer_and_cancels_an_unwritten_add() {
 fn a_transaction_s_removal_does_not_confirm_early() {
     let q = Destination::queue("q");
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let cfg = config(dir.path());
     let faults = cfg.faults.clone();
-    cfg.faults = faults.clone();
     rt().block_on(async {
         let (store, _) = Store::open(cfg).unwrap();
         faults.sync_delay_ms.store(300, Ordering::Relaxed);
