@@ -89,6 +89,10 @@ pub struct Queue {
     /// Bytes held by messages not yet consumed (pending or in flight).
     memory: AtomicUsize,
     memory_limit: usize,
+    /// Some messages may be paged out (set under the lock when one is;
+    /// cleared under it when none are): spares a persistent send's
+    /// [`Queue::kick`] the lock.
+    paging: AtomicBool,
     space: Notify,
     deleted: AtomicBool,
     /// Poisoned messages go to the dead-letter queue (not for non-durable
@@ -126,6 +130,7 @@ impl Queue {
             state: Mutex::new(QueueState::default()),
             memory: AtomicUsize::new(0),
             memory_limit,
+            paging: AtomicBool::new(false),
             space: Notify::new(),
             deleted: AtomicBool::new(false),
             dead_letters,
@@ -167,6 +172,7 @@ impl Queue {
                     order,
                     store_id: message.store_id,
                 });
+                self.paging.store(true, Ordering::Relaxed);
                 drop(message);
                 let dead = self.dispatch(&mut st);
                 drop(st);
@@ -244,6 +250,7 @@ impl Queue {
             .enqueued
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let mut st = self.lock();
+        self.paging.store(true, Ordering::Relaxed);
         st.paged.reserve(ids.len());
         for store_id in ids {
             let order = st.next_order;
@@ -254,9 +261,13 @@ impl Queue {
 
     /// Dispatches again (a paged-out message's record is now written).
     pub fn kick(&self) {
+        if !self.paging.load(Ordering::Relaxed) {
+            return;
+        }
         let dead = {
             let mut st = self.lock();
             if st.paged.is_empty() {
+                self.paging.store(false, Ordering::Relaxed);
                 return;
             }
             self.dispatch(&mut st)
