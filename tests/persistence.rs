@@ -340,6 +340,38 @@ async fn a_persistent_backlog_larger_than_memory_pages_out_and_back_in_order() {
     assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
 }
 
+/// Paged-out messages larger than the in-memory budget still flow one by
+/// one while a consumer's in-flight messages fill the budget.
+#[tokio::test]
+async fn large_paged_messages_keep_flowing_past_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |c| {
+        c.limits.destination_memory_limit = 64 * 1024
+    })
+    .await;
+    let mut p = b.connect("1.2").await;
+    let big = |i: usize| format!("{i:03}{}", "y".repeat(16 * 1024));
+    for i in 0..40 {
+        p.send(&persistent("/queue/big", &big(i), &format!("r{i}")))
+            .await;
+        p.expect_receipt(&format!("r{i}")).await;
+    }
+    let mut c = b.connect("1.2").await;
+    c.subscribe(
+        "s",
+        "/queue/big",
+        "client-individual",
+        &[("activemq.prefetchSize", "10")],
+    )
+    .await;
+    for i in 0..40 {
+        let m = c.expect_message().await;
+        assert_eq!(body(&m), big(i));
+        c.send(&frame(Command::Ack, &[("id", m.header("ack").unwrap())]))
+            .await;
+    }
+}
+
 /// Runs the real binary, kills it with SIGKILL under load, restarts it and
 /// checks that every confirmed send is there and no confirmed ack comes back.
 #[cfg(unix)]

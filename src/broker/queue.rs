@@ -213,9 +213,18 @@ impl Queue {
         let Some(store) = &self.store else {
             return;
         };
-        while st.pending.len() < PAGE_IN_BELOW && !st.paged.is_empty() {
-            let budget = self.memory_limit / 2;
-            let n = st.paged.len().min(PAGE_SIZE - st.pending.len());
+        let budget = self.memory_limit / 2;
+        while st.pending.len() < PAGE_SIZE && !st.paged.is_empty() {
+            // In chunks, so that large messages past the budget are not read
+            // for nothing; over the budget (in-flight messages count, and
+            // their acks may not be released yet) one at a time while none
+            // is pending, so that consumers always get the next one.
+            let over = self.memory.load(Ordering::Relaxed) >= budget;
+            if over && !st.pending.is_empty() {
+                return;
+            }
+            let chunk = if over { 1 } else { PAGE_CHUNK };
+            let n = st.paged.len().min(PAGE_SIZE - st.pending.len()).min(chunk);
             let ids: Vec<u64> = st.paged.iter().take(n).map(|p| p.store_id).collect();
             let read = store.read_messages(&ids);
             let mut taken = 0;
@@ -843,6 +852,7 @@ const MAX_SCAN: usize = 10_000;
 /// up to `PAGE_SIZE` pending (and half the memory limit).
 const PAGE_IN_BELOW: usize = 250;
 const PAGE_SIZE: usize = 1_000;
+const PAGE_CHUNK: usize = 250;
 
 /// Message groups a queue remembers the consumer of.
 const MAX_GROUPS: usize = 65_536;
