@@ -304,6 +304,9 @@ impl Queue {
     }
 
     fn release(&self, size: usize) {
+        if size == 0 {
+            return;
+        }
         let before = self.memory.fetch_sub(size, Ordering::Relaxed);
         if before >= self.memory_limit && before - size < self.memory_limit {
             self.space.notify_waiters();
@@ -331,7 +334,7 @@ impl Queue {
         delivered_are_consumed: bool,
     ) -> bool {
         let mut forgotten = Vec::new();
-        let (found, dead, freed) = {
+        let (found, dead) = {
             let mut st = self.lock();
             let Some(pos) = st.consumers.iter().position(|c| c.spec.id == id) else {
                 return false;
@@ -358,11 +361,10 @@ impl Queue {
                 back.push(entry);
             }
             requeue(&mut st.pending, back);
-            (true, self.dispatch(&mut st), freed)
-        };
-        if freed > 0 {
+            // Released before dispatching, which may page messages in.
             self.release(freed);
-        }
+            (true, self.dispatch(&mut st))
+        };
         self.finish(dead, forgotten);
         found
     }
@@ -456,11 +458,9 @@ impl Queue {
                         .fetch_add(covered.len() as u64, Ordering::Relaxed);
                 }
             }
+            self.release(freed);
             (covered, self.dispatch(&mut st))
         };
-        if freed > 0 {
-            self.release(freed);
-        }
         dead.extend(
             poisoned
                 .into_iter()
@@ -507,11 +507,9 @@ impl Queue {
                     }
                 }
             }
+            self.release(freed);
             self.dispatch(&mut st)
         };
-        if freed > 0 {
-            self.release(freed);
-        }
         self.finish(dead, forgotten);
     }
 
