@@ -505,6 +505,17 @@ struct Shared {
     stats: StoreStats,
 }
 
+impl Shared {
+    // A panic while holding a lock leaves consistent-enough state: go on.
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct StoreStats {
     pub fsyncs: AtomicU64,
@@ -578,11 +589,7 @@ impl Store {
     }
 
     fn enqueue(&self, mut ops: Vec<Op>, done: Option<Done>, consumption: bool, wake: bool) {
-        let mut p = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = self.shared.pending();
         if p.closed {
             if let Some(d) = done {
                 let _ = d.send(Err(StoreError::Closed));
@@ -621,11 +628,7 @@ impl Store {
     /// Wakes the writer if something waits for it (after
     /// [`Store::start_write_deferred`]).
     pub fn wake(&self) {
-        let mut p = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = self.shared.pending();
         let notify = p.idle && !p.queue.is_empty();
         if notify {
             p.idle = false;
@@ -691,7 +694,7 @@ impl Store {
     /// Reads queue messages back from the journal (a queue pages in what it
     /// kept only here), in order.
     pub fn read_messages(&self, ids: &[u64]) -> Vec<ReadBack> {
-        let index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
+        let index = self.shared.index();
         let mut files: HashMap<u64, std::fs::File> = HashMap::new();
         // A transaction's record holds many messages: decoded once per call.
         let mut records: HashMap<Location, Result<IdMap<Arc<Message>>, String>> = HashMap::new();
@@ -780,11 +783,7 @@ impl Store {
     /// Writes and syncs what is pending, then stops the writer thread.
     pub fn close(&self) {
         {
-            let mut p = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut p = self.shared.pending();
             p.closed = true;
             p.idle = false;
         }
@@ -870,20 +869,7 @@ impl Interner {
     }
 
     fn one(&mut self, name: &mut Arc<str>) {
-        if let Some(last) = &self.last {
-            if **last == **name {
-                *name = last.clone();
-                return;
-            }
-        }
-        match self.known.get_key_value(name) {
-            Some((known, ())) => *name = known.clone(),
-            None if self.known.len() < 100_000 => {
-                self.known.insert(name.clone(), ());
-            }
-            None => {}
-        }
-        self.last = Some(name.clone());
+        *name = self.get(name);
     }
 }
 
@@ -1028,11 +1014,7 @@ impl Writer {
     fn run(mut self) {
         loop {
             let (batch, closed) = {
-                let mut p = self
-                    .shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut p = self.shared.pending();
                 while p.queue.is_empty() && !p.closed {
                     if !self.dirty {
                         p.idle = true;
@@ -1058,11 +1040,7 @@ impl Writer {
                     if timeout.timed_out() && p.queue.is_empty() {
                         drop(p);
                         self.periodic_sync();
-                        p = self
-                            .shared
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
+                        p = self.shared.pending();
                     }
                 }
                 let mut batch = std::mem::take(&mut p.queue);
@@ -1211,7 +1189,7 @@ impl Writer {
                 .stats
                 .records
                 .fetch_add(placed.len() as u64, Ordering::Relaxed);
-            let mut index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
+            let mut index = self.shared.index();
             for (op, at) in &placed {
                 index.apply(op, *at);
             }
@@ -1232,11 +1210,7 @@ impl Writer {
             lone.extend(s.lone);
         }
         if !lone.is_empty() {
-            let mut p = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut p = self.shared.pending();
             for id in lone {
                 if let Some(Lone::Writing(Some(done))) = p.lone.remove(&id) {
                     let _ = done.send(result.clone());
@@ -1249,7 +1223,7 @@ impl Writer {
     /// compacts the oldest one if the journal has grown long.
     fn collect_garbage(&mut self) {
         let shared = self.shared.clone();
-        let mut guard = shared.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = shared.index();
         let index = &mut *guard;
         let mut deleted = false;
         while let Some((&oldest, _)) = self.journal.segments().iter().next() {
