@@ -55,6 +55,12 @@ pub struct StoreSection {
     /// `"block"`: persistent sends wait while the store is full (producer
     /// flow control); `"fail"`: they get an error at once.
     pub on_limit: String,
+    /// Longest time, in µs, the journal holds the record of a persistent
+    /// queue message that was handed to a consumer at once: its ack within
+    /// that time means the record is never written (and its producer is
+    /// confirmed then). Adaptive: it is not held while acks come too late.
+    /// 0 writes at once.
+    pub dispatch_hold_us: u64,
 }
 
 impl Default for StoreSection {
@@ -66,6 +72,7 @@ impl Default for StoreSection {
             segment_size: 32 * 1024 * 1024,
             limit: 100 * 1024 * 1024 * 1024,
             on_limit: "block".into(),
+            dispatch_hold_us: 1000,
         }
     }
 }
@@ -366,6 +373,7 @@ impl Config {
             _ => crate::store::SyncPolicy::Always,
         };
         c.fail_when_full = self.store.on_limit == "fail";
+        c.dispatch_hold = Duration::from_micros(self.store.dispatch_hold_us);
         c.faults = self.store_faults.clone();
         c
     }

@@ -1063,8 +1063,9 @@ impl Broker {
             Target::Queue(q) => {
                 let id = message.store_id;
                 let durable = store.start_write_deferred(vec![op]);
-                let full = target.send(Arc::new(message));
-                store.wake();
+                let (over, dispatched) = q.send_dispatched(Arc::new(message));
+                store.wake(id, dispatched);
+                let full = if over { vec![q.clone()] } else { Vec::new() };
                 if let Err(e) = durable.await {
                     // Not stored: take it back if nobody has it yet.
                     q.withdraw(id);

@@ -155,6 +155,12 @@ impl Queue {
     /// its memory limit: the producer should wait ([`Queue::wait_for_space`])
     /// before sending more.
     pub fn send(&self, message: Arc<Message>) -> bool {
+        self.send_dispatched(message).0
+    }
+
+    /// As [`Queue::send`]; also says whether a consumer has the message now
+    /// (nothing is left pending after dispatching it).
+    pub fn send_dispatched(&self, message: Arc<Message>) -> (bool, bool) {
         let size = message.memory_size();
         self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
         let dead = {
@@ -177,13 +183,15 @@ impl Queue {
                 let dead = self.dispatch(&mut st);
                 drop(st);
                 self.finish(dead, Vec::new());
-                return self.over_limit();
+                return (self.over_limit(), false);
             }
             self.hold(&mut st, order, message);
-            self.dispatch(&mut st)
+            let dead = self.dispatch(&mut st);
+            (dead, st.pending.is_empty())
         };
+        let (dead, dispatched) = dead;
         self.finish(dead, Vec::new());
-        self.over_limit()
+        (self.over_limit(), dispatched)
     }
 
     /// Keeps a message in memory, pending, in its place.

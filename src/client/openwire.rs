@@ -7,7 +7,9 @@ use crate::broker::message::{BodyKind, Message, MessageId, PropValue};
 use crate::openwire::codec::{
     encode_wire_format_info, negotiate, FrameWriter, OpenWireCodec, WireFormatInfo,
 };
-use crate::openwire::convert::{destination_value, message_from_struct, message_to_struct};
+use crate::openwire::convert::{
+    destination_value, message_from_struct, message_to_struct, IdMemo, ValueMemo,
+};
 use crate::openwire::primitive_map::MapValue;
 use crate::openwire::schema;
 use crate::openwire::value::{Struct, Value};
@@ -31,6 +33,9 @@ pub struct OpenWireClient {
     next_command: i32,
     connection_id: String,
     producer_seq: i64,
+    producer: Arc<str>,
+    memo: ValueMemo,
+    producers: IdMemo,
     tx_seq: i64,
     /// Commands that arrived while a request waited for its Response.
     backlog: std::collections::VecDeque<Struct>,
@@ -86,6 +91,9 @@ impl OpenWireClient {
             rbuf,
             wbuf: Vec::with_capacity(64 * 1024),
             next_command: 1,
+            producer: Arc::from(format!("{connection_id}:1:1")),
+            memo: ValueMemo::default(),
+            producers: IdMemo::default(),
             connection_id,
             producer_seq: 0,
             tx_seq: 0,
@@ -285,7 +293,7 @@ impl OpenWireClient {
         self.producer_seq += 1;
         let mut m = Message::new(
             MessageId {
-                producer: Arc::from(format!("{}:1:1", self.connection_id)),
+                producer: self.producer.clone(),
                 seq: self.producer_seq as u64,
             },
             destination.clone(),
@@ -294,7 +302,7 @@ impl OpenWireClient {
         );
         m.persistent = persistent;
         m.properties = properties.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        let mut s = message_to_struct(&m, 0, 0, m.timestamp);
+        let mut s = message_to_struct(&m, 0, 0, m.timestamp, &mut self.memo);
         s.set("brokerInTime", Value::Long(0))
             .set("brokerOutTime", Value::Long(0));
         if let Some(tx) = tx {
@@ -335,7 +343,7 @@ impl OpenWireClient {
                 continue;
             }
             let Some(m) = s.obj("message") else { continue };
-            let message = message_from_struct(m, 0).map_err(|e| err(e.0))?;
+            let message = message_from_struct(m, 0, &mut self.producers).map_err(|e| err(e.0))?;
             return Ok(Received {
                 message,
                 consumer: s.get("consumerId").clone(),

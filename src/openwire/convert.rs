@@ -98,8 +98,38 @@ fn inflate(data: &[u8]) -> Result<Vec<u8>, ConvertError> {
         .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))
 }
 
+/// The text of the last producer (or consumer) id a connection received:
+/// one producer's messages share it (queued messages keep it), and it is not
+/// formatted again for each (the marshalling cache hands the same structure
+/// back).
+#[derive(Default)]
+pub struct IdMemo {
+    last: Option<(Arc<Struct>, Arc<str>)>,
+}
+
+impl IdMemo {
+    /// `None` when `id` is not a structure.
+    pub fn get(&mut self, id: &Value) -> Option<Arc<str>> {
+        let Value::Obj(id) = id else {
+            return None;
+        };
+        if let Some((s, t)) = &self.last {
+            if Arc::ptr_eq(s, id) || **s == **id {
+                return Some(t.clone());
+            }
+        }
+        let t: Arc<str> = Arc::from(id_string(id));
+        self.last = Some((id.clone(), t.clone()));
+        Some(t)
+    }
+}
+
 /// Builds the core message for an OpenWire message command.
-pub fn message_from_struct(s: &Struct, connection: u64) -> Result<Message, ConvertError> {
+pub fn message_from_struct(
+    s: &Struct,
+    connection: u64,
+    producers: &mut IdMemo,
+) -> Result<Message, ConvertError> {
     let f = &s.fields;
     let destination = f[msg::DESTINATION]
         .as_struct()
@@ -107,7 +137,9 @@ pub fn message_from_struct(s: &Struct, connection: u64) -> Result<Message, Conve
         .ok_or_else(|| ConvertError("message without a destination".into()))?;
     let id = match f[msg::MESSAGE_ID].as_struct() {
         Some(mid) => MessageId {
-            producer: Arc::from(mid.obj("producerId").map(id_string).unwrap_or_default()),
+            producer: producers
+                .get(mid.get("producerId"))
+                .unwrap_or_else(|| Arc::from("")),
             seq: mid.long("producerSequenceId") as u64,
         },
         None => return Err(ConvertError("message without a message id".into())),
@@ -244,9 +276,55 @@ fn text_content(body: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The last destinations and producer ids a connection wrote, as values:
+/// consecutive deliveries share them (a clone is a reference count).
+#[derive(Default)]
+pub struct ValueMemo {
+    destinations: Vec<(Destination, Value)>,
+    producers: Vec<(Arc<str>, Value)>,
+}
+
+const MEMO_ENTRIES: usize = 8;
+
+impl ValueMemo {
+    pub fn destination(&mut self, d: &Destination) -> Value {
+        if let Some((_, v)) = self.destinations.iter().find(|(k, _)| k == d) {
+            return v.clone();
+        }
+        let v = destination_value(d);
+        if self.destinations.len() == MEMO_ENTRIES {
+            self.destinations.remove(0);
+        }
+        self.destinations.push((d.clone(), v.clone()));
+        v
+    }
+
+    pub fn producer(&mut self, id: &Arc<str>) -> Value {
+        if let Some((_, v)) = self
+            .producers
+            .iter()
+            .find(|(k, _)| Arc::ptr_eq(k, id) || k == id)
+        {
+            return v.clone();
+        }
+        let v = producer_id_value(id);
+        if self.producers.len() == MEMO_ENTRIES {
+            self.producers.remove(0);
+        }
+        self.producers.push((id.clone(), v.clone()));
+        v
+    }
+}
+
 /// Builds the OpenWire message for a delivery. `broker_seq` becomes the
 /// message id's brokerSequenceId, which the client echoes in its acks.
-pub fn message_to_struct(m: &Message, redelivery_count: u32, broker_seq: u64, now: i64) -> Struct {
+pub fn message_to_struct(
+    m: &Message,
+    redelivery_count: u32,
+    broker_seq: u64,
+    now: i64,
+    memo: &mut ValueMemo,
+) -> Struct {
     let type_id = match m.body_kind {
         BodyKind::Text => schema::ACTIVEMQ_TEXT_MESSAGE,
         BodyKind::Bytes => schema::ACTIVEMQ_BYTES_MESSAGE,
@@ -257,9 +335,9 @@ pub fn message_to_struct(m: &Message, redelivery_count: u32, broker_seq: u64, no
     };
     let mut s = Struct::new(type_id);
     let f = &mut s.fields;
-    let producer = producer_id_value(&m.id.producer);
+    let producer = memo.producer(&m.id.producer);
     f[msg::PRODUCER_ID] = producer.clone();
-    f[msg::DESTINATION] = destination_value(&m.destination);
+    f[msg::DESTINATION] = memo.destination(&m.destination);
     f[msg::MESSAGE_ID] = Value::obj(
         Struct::new(schema::MESSAGE_ID)
             .with("producerId", producer)
@@ -267,7 +345,7 @@ pub fn message_to_struct(m: &Message, redelivery_count: u32, broker_seq: u64, no
             .with("brokerSequenceId", Value::Long(broker_seq as i64)),
     );
     if let Some(o) = &m.original_destination {
-        f[msg::ORIGINAL_DESTINATION] = destination_value(o);
+        f[msg::ORIGINAL_DESTINATION] = memo.destination(o);
     }
     f[msg::PERSISTENT] = Value::Bool(m.persistent);
     f[msg::EXPIRATION] = Value::Long(m.expiration);
@@ -389,8 +467,8 @@ mod tests {
         m.properties.push(("n".into(), PropValue::Int(3)));
         m.properties
             .push(("JMSXGroupID".into(), PropValue::String("g".into())));
-        let s = message_to_struct(&m, 2, 11, 0);
-        let back = message_from_struct(&s, 9).unwrap();
+        let s = message_to_struct(&m, 2, 11, 0, &mut ValueMemo::default());
+        let back = message_from_struct(&s, 9, &mut IdMemo::default()).unwrap();
         assert_eq!(back.body, m.body);
         assert_eq!(back.id, m.id);
         assert!(back.persistent);

@@ -10,6 +10,7 @@ use crate::openwire::wire::{
 };
 use bytes::{BufMut, Bytes};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 /// A negotiated wire format (or the initial one used for WireFormatInfo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,10 +94,61 @@ impl ReadCache {
 /// fewer than 100 slots are free).
 #[derive(Debug)]
 pub struct WriteCache {
-    map: HashMap<Value, i16>,
+    map: HashMap<Value, i16, BuildHasherDefault<FxHasher>>,
     slots: Vec<Option<Value>>,
     next: usize,
     next_eviction: usize,
+    /// Scratch space of [`encode`], kept between frames.
+    data: Vec<u8>,
+    bits: BitWriter,
+    block: Vec<u8>,
+}
+
+/// A fast hash for the write cache's keys (values this connection writes;
+/// a peer can only slow down its own connection's cache).
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(n as u64);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 const CACHE_FREE_SPACE: usize = 100;
@@ -104,10 +156,13 @@ const CACHE_FREE_SPACE: usize = 100;
 impl WriteCache {
     pub fn new(size: usize) -> Self {
         WriteCache {
-            map: HashMap::new(),
+            map: HashMap::default(),
             slots: vec![None; size],
             next: 0,
             next_eviction: 0,
+            data: Vec::with_capacity(1024),
+            bits: BitWriter::default(),
+            block: Vec::with_capacity(64),
         }
     }
 
@@ -348,30 +403,39 @@ pub fn encode(
     if format.cache {
         cache.sweep();
     }
-    let mut data = Vec::with_capacity(128);
-    let mut bits = BitWriter::default();
-    {
-        let mut e = Encoder {
-            data: &mut data,
-            bits: format.tight.then_some(&mut bits),
-            format,
-            cache,
-        };
-        e.fields(s)?;
+    let mut data = std::mem::take(&mut cache.data);
+    let mut bits = std::mem::take(&mut cache.bits);
+    let mut block = std::mem::take(&mut cache.block);
+    data.clear();
+    bits.clear();
+    block.clear();
+    let encoded = Encoder {
+        data: &mut data,
+        bits: format.tight.then_some(&mut bits),
+        format,
+        cache,
     }
-    let mut block = Vec::new();
+    .fields(s);
     if format.tight {
         bits.put_block(&mut block);
     }
-    let size = 1 + block.len() + data.len();
-    if format.size_prefix {
-        out.put_i32(size as i32);
+    let result = encoded.map(|()| {
+        let size = 1 + block.len() + data.len();
+        if format.size_prefix {
+            out.put_i32(size as i32);
+        }
+        out.reserve(size);
+        out.put_u8(s.type_id);
+        out.extend_from_slice(&block);
+        out.extend_from_slice(&data);
+    });
+    // Large bodies are not kept around.
+    if data.capacity() <= 64 * 1024 {
+        cache.data = data;
     }
-    out.reserve(size);
-    out.put_u8(s.type_id);
-    out.extend_from_slice(&block);
-    out.extend_from_slice(&data);
-    Ok(())
+    cache.bits = bits;
+    cache.block = block;
+    result
 }
 
 struct Encoder<'a> {

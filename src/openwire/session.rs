@@ -26,8 +26,7 @@ use crate::openwire::codec::{
     WireFormatInfo,
 };
 use crate::openwire::convert::{
-    self, consumer_name, destination_from, destination_value, id_string, message_to_struct,
-    throwable,
+    self, consumer_name, destination_from, id_string, message_to_struct, throwable, ValueMemo,
 };
 use crate::openwire::schema::{self, msg};
 use crate::openwire::value::{Struct, Value};
@@ -207,9 +206,10 @@ enum Internal {
 }
 
 struct Session {
-    /// The producer id of the last message received, shared by the next
-    /// ones from the same producer.
-    last_producer: Option<Arc<str>>,
+    /// The text of the last producer id received.
+    producer_memo: convert::IdMemo,
+    /// The text of the last consumer id acknowledged for.
+    consumer_memo: convert::IdMemo,
     broker: Arc<Broker>,
     settings: Arc<OpenWireSettings>,
     peer: SocketAddr,
@@ -264,7 +264,8 @@ pub async fn serve(
         OpenWireCodec::new(settings.max_frame_size),
     );
     let mut session = Session {
-        last_producer: None,
+        producer_memo: convert::IdMemo::default(),
+        consumer_memo: convert::IdMemo::default(),
         broker,
         settings,
         peer,
@@ -672,16 +673,17 @@ impl Session {
             None => Vec::new(),
         };
         let now = now_millis();
+        let mut memo = ValueMemo::default();
         for (i, m) in messages.iter().enumerate() {
             if m.is_expired(now) || selector.is_some_and(|s| !s.matches(m)) {
                 continue;
             }
             let dispatch = Struct::new(schema::MESSAGE_DISPATCH)
                 .with("consumerId", ctx.id_value.clone())
-                .with("destination", destination_value(&m.destination))
+                .with("destination", memo.destination(&m.destination))
                 .with(
                     "message",
-                    Value::obj(message_to_struct(m, 0, i as u64 + 1, now)),
+                    Value::obj(message_to_struct(m, 0, i as u64 + 1, now, &mut memo)),
                 );
             self.send(dispatch).await;
         }
@@ -704,13 +706,8 @@ impl Session {
     }
 
     async fn on_message(&mut self, c: Struct) -> Result<Reply, JmsError> {
-        let mut message =
-            convert::message_from_struct(&c, self.connection).map_err(|e| JmsError::jms(e.0))?;
-        // One producer's messages share its id text (queued messages keep it).
-        match &self.last_producer {
-            Some(p) if *p == message.id.producer => message.id.producer = p.clone(),
-            _ => self.last_producer = Some(message.id.producer.clone()),
-        }
+        let message = convert::message_from_struct(&c, self.connection, &mut self.producer_memo)
+            .map_err(|e| JmsError::jms(e.0))?;
         let target = self.target(&message.destination)?;
         if let Some(tx) = c.fields[msg::TRANSACTION_ID].as_struct() {
             let key = tx_key(tx);
@@ -771,10 +768,10 @@ impl Session {
     }
 
     fn on_ack(&mut self, c: &Struct) -> Result<Reply, JmsError> {
-        let Some(key) = c.obj("consumerId").map(id_string) else {
+        let Some(key) = self.consumer_memo.get(c.get("consumerId")) else {
             return Ok(Reply::Done);
         };
-        let Some(entry) = self.consumers.get_mut(&key) else {
+        let Some(entry) = self.consumers.get_mut(&*key) else {
             debug!(consumer = %key, "ack for an unknown consumer ignored");
             return Ok(Reply::Done);
         };
@@ -1153,6 +1150,7 @@ async fn writer(
     let mut last_write = Instant::now();
     let mut control_open = true;
     let keep_alive_frame = Struct::new(schema::KEEP_ALIVE_INFO);
+    let mut memo = ValueMemo::default();
     loop {
         if outbox.is_empty() || frames.is_none() {
             tokio::select! {
@@ -1211,7 +1209,7 @@ async fn writer(
                 let m = &delivery.message;
                 let dispatch = Struct::new(schema::MESSAGE_DISPATCH)
                     .with("consumerId", ctx.id_value.clone())
-                    .with("destination", destination_value(&m.destination))
+                    .with("destination", memo.destination(&m.destination))
                     .with(
                         "message",
                         Value::obj(message_to_struct(
@@ -1219,6 +1217,7 @@ async fn writer(
                             delivery.redelivery_count,
                             delivery.seq,
                             now,
+                            &mut memo,
                         )),
                     )
                     .with(

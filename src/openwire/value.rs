@@ -17,7 +17,9 @@ pub enum Value {
     Str(String),
     Bytes(Bytes),
     Raw8([u8; 8]),
-    Obj(Box<Struct>),
+    /// Shared: cached and repeated structures (ids, destinations) are
+    /// cloned by reference.
+    Obj(std::sync::Arc<Struct>),
     Arr(Vec<Value>),
     Exc(Box<Throwable>),
 }
@@ -39,7 +41,7 @@ impl Value {
     }
 
     pub fn obj(s: Struct) -> Value {
-        Value::Obj(Box::new(s))
+        Value::Obj(std::sync::Arc::new(s))
     }
 
     pub fn opt_str(s: Option<impl Into<String>>) -> Value {

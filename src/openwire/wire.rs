@@ -55,6 +55,11 @@ pub struct BitWriter {
 }
 
 impl BitWriter {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.bits = 0;
+    }
+
     pub fn write(&mut self, bit: bool) {
         if self.bits.is_multiple_of(8) {
             self.bytes.push(0);

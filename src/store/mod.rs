@@ -61,6 +61,9 @@ pub struct StoreConfig {
     pub compact_after_segments: usize,
     /// Over the limit, persistent sends fail at once instead of waiting.
     pub fail_when_full: bool,
+    /// How long the writer may hold the lone Adds of queue messages already
+    /// handed to a consumer, for its ack to cancel them (adaptive).
+    pub dispatch_hold: Duration,
     pub faults: Faults,
 }
 
@@ -74,6 +77,7 @@ impl StoreConfig {
             limit: 100 * 1024 * 1024 * 1024,
             compact_after_segments: 4,
             fail_when_full: false,
+            dispatch_hold: Duration::ZERO,
             faults: Faults::default(),
         }
     }
@@ -435,6 +439,9 @@ struct Submission {
     /// A queue message's lone Add (`Store::start_write` of one Add without
     /// durable subscriptions): its consumption may cancel or confirm it.
     lone: Option<u64>,
+    /// A lone Add whose message a consumer already has (since then): the
+    /// writer may hold it for a moment, since that consumer's ack cancels it.
+    held: Option<Instant>,
 }
 
 /// Where an unconfirmed lone queue Add is.
@@ -453,6 +460,13 @@ struct Pending {
     lone: IdMap<Lone>,
     /// The writer is waiting for work (only then is it worth a wake-up).
     idle: bool,
+    /// Entries of `queue` that are held (see [`Submission::held`]).
+    held: usize,
+    /// Entries of `queue` cancelled in place (nothing left to write).
+    dead: usize,
+    /// The writer holds back held entries until a deadline: anything else
+    /// queued wakes it.
+    holding: bool,
 }
 
 impl Pending {
@@ -469,11 +483,21 @@ impl Pending {
                 let s = &mut self.queue[at];
                 s.ops.clear();
                 s.lone = None;
+                if s.held.take().is_some() {
+                    self.held -= 1;
+                }
                 if let Some(done) = s.done.take() {
                     let _ = done.send(Ok(()));
                 }
                 if at + 1 == self.queue.len() {
                     self.queue.pop();
+                } else {
+                    self.dead += 1;
+                }
+                if self.queue.len() == self.dead {
+                    // Nothing left to write (no `Lone::Queued` points here).
+                    self.queue.clear();
+                    self.dead = 0;
                 }
                 cancelled.fetch_add(1, Ordering::Relaxed);
                 false
@@ -485,6 +509,21 @@ impl Pending {
                 true
             }
         }
+    }
+
+    /// Only held (or cancelled) entries are queued: the writer may wait.
+    fn only_held(&self) -> bool {
+        self.held > 0 && self.queue.len() == self.held + self.dead
+    }
+
+    /// Whether a wake-up is due for what was just queued, and marks it sent.
+    fn wake_due(&mut self) -> bool {
+        let due = self.idle || (self.holding && !self.only_held());
+        if due {
+            self.idle = false;
+            self.holding = false;
+        }
+        due
     }
 }
 
@@ -614,25 +653,35 @@ impl Store {
             let at = p.queue.len();
             p.lone.insert(id, Lone::Queued(at));
         }
-        p.queue.push(Submission { ops, done, lone });
-        let notify = wake && p.idle;
-        if notify {
-            p.idle = false;
-        }
+        p.queue.push(Submission {
+            ops,
+            done,
+            lone,
+            held: None,
+        });
+        let notify = wake && p.wake_due();
         drop(p);
         if notify {
             self.shared.wake.notify_one();
         }
     }
 
-    /// Wakes the writer if something waits for it (after
-    /// [`Store::start_write_deferred`]).
-    pub fn wake(&self) {
+    /// Wakes the writer if something waits for it, after
+    /// [`Store::start_write_deferred`] of the message `id`. If `dispatched`
+    /// (a consumer has it) its record may be held for a moment: the
+    /// consumer's ack cancels it.
+    pub fn wake(&self, id: u64, dispatched: bool) {
         let mut p = self.shared.pending();
-        let notify = p.idle && !p.queue.is_empty();
-        if notify {
-            p.idle = false;
+        if dispatched {
+            if let Some(Lone::Queued(at)) = p.lone.get(&id) {
+                let at = *at;
+                if p.queue[at].held.is_none() {
+                    p.queue[at].held = Some(Instant::now());
+                    p.held += 1;
+                }
+            }
         }
+        let notify = !p.queue.is_empty() && p.wake_due();
         drop(p);
         if notify {
             self.shared.wake.notify_one();
@@ -998,11 +1047,67 @@ struct Writer {
     shared: Arc<Shared>,
     last_sync: Instant,
     dirty: bool,
+    hold: HoldPolicy,
+}
+
+/// When the writer holds dispatched Adds for their acks: while acks come in
+/// time. After a few holds in a row that ended with most Adds still
+/// unacknowledged, it writes at once for a while (longer each time).
+#[derive(Debug)]
+struct HoldPolicy {
+    max: Duration,
+    misses: u32,
+    skip: u32,
+    backoff: u32,
+}
+
+impl HoldPolicy {
+    const MISSES: u32 = 3;
+    const MIN_BACKOFF: u32 = 16;
+    const MAX_BACKOFF: u32 = 4096;
+
+    fn new(max: Duration) -> Self {
+        HoldPolicy {
+            max,
+            misses: 0,
+            skip: 0,
+            backoff: Self::MIN_BACKOFF,
+        }
+    }
+
+    /// Whether to hold now (called once per batch).
+    fn enabled(&mut self) -> bool {
+        if self.max.is_zero() {
+            return false;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// A hold ended: `acked` of the held Adds were cancelled in time,
+    /// `late` were not.
+    fn outcome(&mut self, acked: u64, late: u64) {
+        if acked >= late {
+            self.misses = 0;
+            self.backoff = Self::MIN_BACKOFF;
+            return;
+        }
+        self.misses += 1;
+        if self.misses >= Self::MISSES {
+            self.misses = 0;
+            self.skip = self.backoff;
+            self.backoff = (self.backoff * 2).min(Self::MAX_BACKOFF);
+        }
+    }
 }
 
 impl Writer {
     fn new(journal: Journal, config: StoreConfig, shared: Arc<Shared>) -> Self {
         Writer {
+            hold: HoldPolicy::new(config.dispatch_hold),
             journal,
             config,
             shared,
@@ -1043,7 +1148,18 @@ impl Writer {
                         p = self.shared.pending();
                     }
                 }
+                if p.only_held() && !p.closed && self.hold.enabled() {
+                    p = Self::hold_for_acks(&self.shared, &mut self.hold, p);
+                }
+                if p.queue.len() == p.dead && !p.closed {
+                    // All cancelled by their acks: nothing to write.
+                    p.queue.clear();
+                    p.dead = 0;
+                    continue;
+                }
                 let mut batch = std::mem::take(&mut p.queue);
+                p.held = 0;
+                p.dead = 0;
                 // The producers of lone Adds are told by whoever comes
                 // first: the writer once durable, or their consumption.
                 for s in batch.iter_mut() {
@@ -1065,6 +1181,42 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// Waits, up to the hold time, while only Adds of messages consumers
+    /// have are queued: their acks cancel them (see [`Pending::consumed`]).
+    /// Each is held from when its consumer got it, up to the hold time.
+    fn hold_for_acks<'a>(
+        shared: &'a Shared,
+        hold: &mut HoldPolicy,
+        mut p: std::sync::MutexGuard<'a, Pending>,
+    ) -> std::sync::MutexGuard<'a, Pending> {
+        let cancelled = &shared.stats.cancelled;
+        let before = cancelled.load(Ordering::Relaxed);
+        let mut timed_out = false;
+        while p.only_held() && !p.closed {
+            let oldest = p.queue.iter().filter_map(|s| s.held).min();
+            let Some(deadline) = oldest.map(|t| t + hold.max) else {
+                break;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                timed_out = true;
+                break;
+            }
+            p.holding = true;
+            p = shared
+                .wake
+                .wait_timeout(p, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            p.holding = false;
+        }
+        if timed_out || p.held == 0 {
+            let acked = cancelled.load(Ordering::Relaxed) - before;
+            hold.outcome(acked, p.held as u64);
+        }
+        p
     }
 
     fn periodic_sync(&mut self) {

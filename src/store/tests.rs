@@ -392,16 +392,19 @@ fn a_message_consumed_before_it_is_written_is_never_written() {
             ops: vec![keep],
             done: None,
             lone: None,
+            held: None,
         },
         Submission {
             ops: vec![gone],
             done: None,
             lone: None,
+            held: None,
         },
         Submission {
             ops: vec![Op::Remove { id: gone_id }, Op::Remove { id: 999_999 }],
             done: None,
             lone: None,
+            held: None,
         },
     ];
     assert_eq!(Writer::cancel_consumed(&mut batch), 1);
@@ -422,11 +425,13 @@ fn a_message_consumed_before_it_is_written_is_never_written() {
             ops: vec![tx_add, Op::Remove { id: 1 }],
             done: None,
             lone: None,
+            held: None,
         },
         Submission {
             ops: vec![Op::Remove { id: tx_id }],
             done: None,
             lone: None,
+            held: None,
         },
     ];
     assert_eq!(Writer::cancel_consumed(&mut batch), 0);
@@ -548,4 +553,89 @@ fn recovered_queue_messages_share_their_destination_name() {
     for (d, _) in &r.queued[1..] {
         assert!(Arc::ptr_eq(&d0.name, &d.name));
     }
+}
+
+#[test]
+fn a_dispatched_add_is_held_for_its_ack_and_written_when_none_comes() {
+    let q = Destination::queue("q");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dispatch_hold = Duration::from_millis(300);
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg).unwrap();
+        // Handed to a consumer whose ack comes within the hold: never written.
+        let acked = add(&store, &q, "acked in time", vec![]);
+        let acked_id = add_id(&acked);
+        let acked_done = store.start_write_deferred(vec![acked]);
+        store.wake(acked_id, true);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.consumed(vec![Op::Remove { id: acked_id }]);
+        tokio::time::timeout(Duration::from_millis(100), acked_done)
+            .await
+            .expect("confirmed by its consumption")
+            .unwrap();
+        assert_eq!(store.stats().cancelled.load(Ordering::Relaxed), 1);
+        assert_eq!(store.stats().records.load(Ordering::Relaxed), 0);
+        // No ack: written once the hold is over, and only then confirmed.
+        let unacked = add(&store, &q, "never acked", vec![]);
+        let unacked_id = add_id(&unacked);
+        let started = Instant::now();
+        let unacked_done = store.start_write_deferred(vec![unacked]);
+        store.wake(unacked_id, true);
+        unacked_done.await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // Not handed to a consumer (nobody will ack it soon): written at once.
+        let queued = add(&store, &q, "nobody has it", vec![]);
+        let queued_id = add_id(&queued);
+        let started = Instant::now();
+        let queued_done = store.start_write_deferred(vec![queued]);
+        store.wake(queued_id, false);
+        queued_done.await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(250));
+        // Anything else queued behind held Adds ends the hold too.
+        let held = add(&store, &q, "held", vec![]);
+        let held_id = add_id(&held);
+        let started = Instant::now();
+        let held_done = store.start_write_deferred(vec![held]);
+        store.wake(held_id, true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store
+            .write(vec![add(&store, &q, "plain write", vec![])])
+            .await
+            .unwrap();
+        held_done.await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(250));
+        store.close();
+    });
+    let (_, r) = load(dir.path());
+    assert_eq!(
+        bodies(&r),
+        vec!["never acked", "nobody has it", "held", "plain write"]
+    );
+}
+
+#[test]
+fn holds_stop_while_acks_come_too_late() {
+    let mut p = HoldPolicy::new(Duration::from_millis(1));
+    assert!(p.enabled());
+    for _ in 0..HoldPolicy::MISSES {
+        p.outcome(0, 1);
+    }
+    let skipped = (0..10_000).take_while(|_| !p.enabled()).count();
+    assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF);
+    for _ in 0..HoldPolicy::MISSES {
+        p.outcome(0, 1);
+    }
+    let skipped = (0..10_000).take_while(|_| !p.enabled()).count();
+    assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF * 2);
+    // A hold that worked resets the back-off.
+    p.outcome(3, 1);
+    for _ in 0..HoldPolicy::MISSES {
+        p.outcome(0, 1);
+    }
+    let skipped = (0..10_000).take_while(|_| !p.enabled()).count();
+    assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF);
+    assert!(!HoldPolicy::new(Duration::ZERO).enabled());
 }

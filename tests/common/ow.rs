@@ -197,7 +197,7 @@ impl OwClient {
             bytes::Bytes::from(text.to_string()),
         );
         m.persistent = true;
-        let mut s = message_to_struct(&m, 0, 0, 0);
+        let mut s = message_to_struct(&m, 0, 0, 0, &mut Default::default());
         s.set("responseRequired", Value::Bool(true));
         let cid = self.send(s).await;
         let r = self.expect(schema::RESPONSE).await;
@@ -213,7 +213,8 @@ impl OwClient {
             }
         };
         let m = d.obj("message")?;
-        let core = ferromq::openwire::convert::message_from_struct(m, 0).ok()?;
+        let core =
+            ferromq::openwire::convert::message_from_struct(m, 0, &mut Default::default()).ok()?;
         let ack = Struct::new(schema::MESSAGE_ACK)
             .with("consumerId", d.get("consumerId").clone())
             .with("destination", d.get("destination").clone())
