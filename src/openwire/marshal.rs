@@ -270,7 +270,21 @@ impl Decoder<'_, '_, '_> {
                 values.push(Value::default_for(f.enc));
                 continue;
             }
-            values.push(self.field(f.enc)?);
+            // Scalars are pushed in place: a `Result<Value>` round trip
+            // through the stack costs more than the decoding itself.
+            match f.enc {
+                Enc::Bool => values.push(Value::Bool(self.flag()?)),
+                Enc::Byte => values.push(Value::Byte(self.r.i8()?)),
+                Enc::Int => values.push(Value::Int(self.r.i32()?)),
+                Enc::Long => {
+                    let v = match &mut self.bits {
+                        Some(b) => self.r.tight_long(b)?,
+                        None => self.r.i64()?,
+                    };
+                    values.push(Value::Long(v));
+                }
+                enc => values.push(self.field(enc)?),
+            }
         }
         Ok(Struct {
             type_id,
