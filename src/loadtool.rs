@@ -228,6 +228,8 @@ struct Shared {
     /// When the first message was received (a consumer's rate is measured
     /// from there, not from when it started waiting).
     first: std::sync::OnceLock<Instant>,
+    /// Wakes the progress ticker at the end.
+    stopped: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -247,7 +249,10 @@ fn progress(shared: Arc<Shared>, total: u64, role: &'static str) -> tokio::task:
         let started = Instant::now();
         let mut last_plain = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shared.stopped.notified() => {}
+            }
             if shared.stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -331,18 +336,15 @@ pub async fn run_producer(args: ProducerArgs) -> Result<Summary, String> {
     let timeout = Duration::from_secs_f64(args.common.timeout);
     let all = futures_util::future::join_all(tasks);
     let timed_out = tokio::time::timeout(timeout, all).await.is_err();
+    // Measured before the ticker is stopped: it may be asleep.
+    let took = started.elapsed();
     shared.stop.store(true, Ordering::Relaxed);
+    shared.stopped.notify_one();
     let _ = ticker.await;
     if timed_out {
         shared.error(format!("timed out after {timeout:?}"));
     }
-    Ok(summary(
-        "producer",
-        protocol,
-        &args.common,
-        &shared,
-        started.elapsed(),
-    ))
+    Ok(summary("producer", protocol, &args.common, &shared, took))
 }
 
 fn summary(
@@ -622,7 +624,10 @@ pub async fn run_consumer(args: ConsumerArgs) -> Result<Summary, String> {
     let timed_out = tokio::time::timeout(timeout, futures_util::future::join_all(tasks))
         .await
         .is_err();
+    // Measured before the ticker is stopped: it may be asleep.
+    let ended = Instant::now();
     shared.stop.store(true, Ordering::Relaxed);
+    shared.stopped.notify_one();
     let _ = ticker.await;
     if timed_out {
         shared.error(format!("timed out after {timeout:?}"));
@@ -633,7 +638,7 @@ pub async fn run_consumer(args: ConsumerArgs) -> Result<Summary, String> {
         protocol,
         &args.common,
         &shared,
-        from.elapsed(),
+        ended.saturating_duration_since(from),
     ))
 }
 

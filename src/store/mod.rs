@@ -564,6 +564,8 @@ pub struct StoreStats {
     pub compactions: AtomicU64,
     /// Queue messages consumed before their record was written (never written).
     pub cancelled: AtomicU64,
+    /// Holds for acks that ended with most held Adds unacknowledged.
+    pub late_holds: AtomicU64,
 }
 
 pub struct Store {
@@ -831,6 +833,14 @@ impl Store {
 
     /// Writes and syncs what is pending, then stops the writer thread.
     pub fn close(&self) {
+        let st = &self.shared.stats;
+        info!(
+            records = st.records.load(Ordering::Relaxed),
+            fsyncs = st.fsyncs.load(Ordering::Relaxed),
+            cancelled = st.cancelled.load(Ordering::Relaxed),
+            late_holds = st.late_holds.load(Ordering::Relaxed),
+            "journal closing"
+        );
         {
             let mut p = self.shared.pending();
             p.closed = true;
@@ -1064,7 +1074,7 @@ struct HoldPolicy {
 impl HoldPolicy {
     const MISSES: u32 = 3;
     const MIN_BACKOFF: u32 = 16;
-    const MAX_BACKOFF: u32 = 4096;
+    const MAX_BACKOFF: u32 = 256;
 
     fn new(max: Duration) -> Self {
         HoldPolicy {
@@ -1088,12 +1098,12 @@ impl HoldPolicy {
     }
 
     /// A hold ended: `acked` of the held Adds were cancelled in time,
-    /// `late` were not.
-    fn outcome(&mut self, acked: u64, late: u64) {
+    /// `late` were not. Returns whether it was worth it.
+    fn outcome(&mut self, acked: u64, late: u64) -> bool {
         if acked >= late {
             self.misses = 0;
             self.backoff = Self::MIN_BACKOFF;
-            return;
+            return true;
         }
         self.misses += 1;
         if self.misses >= Self::MISSES {
@@ -1101,6 +1111,7 @@ impl HoldPolicy {
             self.skip = self.backoff;
             self.backoff = (self.backoff * 2).min(Self::MAX_BACKOFF);
         }
+        false
     }
 }
 
@@ -1214,7 +1225,9 @@ impl Writer {
         }
         if timed_out || p.held == 0 {
             let acked = cancelled.load(Ordering::Relaxed) - before;
-            hold.outcome(acked, p.held as u64);
+            if !hold.outcome(acked, p.held as u64) {
+                shared.stats.late_holds.fetch_add(1, Ordering::Relaxed);
+            }
         }
         p
     }

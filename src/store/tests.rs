@@ -621,19 +621,19 @@ fn holds_stop_while_acks_come_too_late() {
     let mut p = HoldPolicy::new(Duration::from_millis(1));
     assert!(p.enabled());
     for _ in 0..HoldPolicy::MISSES {
-        p.outcome(0, 1);
+        assert!(!p.outcome(0, 1));
     }
     let skipped = (0..10_000).take_while(|_| !p.enabled()).count();
     assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF);
     for _ in 0..HoldPolicy::MISSES {
-        p.outcome(0, 1);
+        assert!(!p.outcome(0, 1));
     }
     let skipped = (0..10_000).take_while(|_| !p.enabled()).count();
     assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF * 2);
     // A hold that worked resets the back-off.
-    p.outcome(3, 1);
+    assert!(p.outcome(3, 1));
     for _ in 0..HoldPolicy::MISSES {
-        p.outcome(0, 1);
+        assert!(!p.outcome(0, 1));
     }
     let skipped = (0..10_000).take_while(|_| !p.enabled()).count();
     assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF);
