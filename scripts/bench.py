@@ -130,6 +130,26 @@ class ActiveMQ:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def machine_busy(window=0.2):
+    """Fraction of the machine's CPU time that was busy during `window` s."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = list(map(int, f.readline().split()[1:]))
+        return sum(v) - v[3] - v[4], sum(v)
+    b0, t0 = sample()
+    time.sleep(window)
+    b1, t1 = sample()
+    return (b1 - b0) / max(t1 - t0, 1)
+
+
+def settle(limit=0.15, timeout=15):
+    """Waits until the machine is quiet (the previous run's brokers and JVMs
+    done with their background work), so that runs do not overlap."""
+    end = time.time() + timeout
+    while time.time() < end and machine_busy() > limit:
+        pass
+
+
 def run_json(cmd, timeout=900):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     for line in out.stdout.splitlines()[::-1]:
@@ -160,6 +180,7 @@ def workload(broker, proto, w, rep):
     else:
         ccmd = java("consumer", url, dest, n, consumers)
         pcmd = java("producer", url, dest, n, w["size"], "true" if w["persistent"] else "false", w.get("rate", 0), producers)
+    settle()
     cpu0 = proc_cpu(broker.pid)
     cons = subprocess.Popen(ccmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(1.5 if proto == "openwire" else 0.5)
@@ -182,11 +203,11 @@ WORKLOADS = [
     {"key": "q-np", "title": "queue, non-persistent, 1p/1c, 256 B", "topic": False, "persistent": False,
      "producers": 1, "consumers": 1, "size": 256, "count": 200_000, "metric": "deliveries_per_second"},
     {"key": "q-p-sync", "title": "queue, persistent, 1p/1c, 256 B, each send confirmed", "topic": False,
-     "persistent": True, "producers": 1, "consumers": 1, "size": 256, "count": 5_000, "metric": "deliveries_per_second"},
+     "persistent": True, "producers": 1, "consumers": 1, "size": 256, "count": 10_000, "metric": "deliveries_per_second"},
     {"key": "q-p-4", "title": "queue, persistent, 4p/4c, 1 KiB", "topic": False, "persistent": True,
      "producers": 4, "consumers": 4, "size": 1024, "count": 20_000, "metric": "deliveries_per_second"},
     {"key": "t-np", "title": "topic, non-persistent, 1p/4 subscribers, 256 B (deliveries/s)", "topic": True,
-     "persistent": False, "producers": 1, "consumers": 4, "size": 256, "count": 50_000, "metric": "deliveries_per_second"},
+     "persistent": False, "producers": 1, "consumers": 4, "size": 256, "count": 100_000, "metric": "deliveries_per_second"},
     {"key": "lat", "title": "latency at 5 000 msg/s (p99, µs; lower is better)", "topic": False, "persistent": False,
      "producers": 1, "consumers": 1, "size": 256, "count": 25_000, "rate": 5000, "metric": "p99_us"},
 ]
