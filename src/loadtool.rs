@@ -228,11 +228,23 @@ struct Shared {
     /// When the first message was received (a consumer's rate is measured
     /// from there, not from when it started waiting).
     first: std::sync::OnceLock<Instant>,
-    /// Wakes the progress ticker at the end.
+    /// Wakes the progress ticker at the end, and consumers waiting for a
+    /// message once the goal is reached.
     stopped: tokio::sync::Notify,
+    /// When a consumer run reached its goal.
+    finished: std::sync::OnceLock<Instant>,
 }
 
 impl Shared {
+    /// A consumer got a message; at the goal the others stop waiting.
+    fn received_one(&self) {
+        let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.goal.load(Ordering::Relaxed) {
+            self.finished.get_or_init(Instant::now);
+            self.stopped.notify_waiters();
+        }
+    }
+
     fn error(&self, e: impl ToString) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut f = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
@@ -633,6 +645,7 @@ pub async fn run_consumer(args: ConsumerArgs) -> Result<Summary, String> {
         shared.error(format!("timed out after {timeout:?}"));
     }
     let from = shared.first.get().copied().unwrap_or(started);
+    let ended = shared.finished.get().copied().unwrap_or(ended);
     Ok(summary(
         "consumer",
         protocol,
@@ -661,11 +674,11 @@ async fn next_or_stop<T>(
         let tick = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
             r = &mut fut => return Some(r),
-            _ = tick => {
-                if over(deadline, shared) {
-                    return None;
-                }
-            }
+            _ = tick => {}
+            _ = shared.stopped.notified() => {}
+        }
+        if over(deadline, shared) {
+            return None;
         }
     }
 }
@@ -720,7 +733,7 @@ async fn consume_stomp(
             f.header(SENT_HEADER).and_then(|v| v.parse().ok()),
             shared,
         );
-        shared.done.fetch_add(1, Ordering::Relaxed);
+        shared.received_one();
         shared
             .bytes
             .fetch_add(f.body.len() as u64, Ordering::Relaxed);
@@ -788,7 +801,7 @@ async fn consume_openwire(
             _ => None,
         };
         record_latency(hist, sent, shared);
-        shared.done.fetch_add(1, Ordering::Relaxed);
+        shared.received_one();
         shared
             .bytes
             .fetch_add(r.message.body.len() as u64, Ordering::Relaxed);
