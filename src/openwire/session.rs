@@ -755,13 +755,15 @@ impl Session {
             q.wait_for_space().await;
         }
         if !c.response_required() {
-            if let Some(pid) = c.fields[msg::PRODUCER_ID].as_struct() {
-                if self.producers.get(&id_string(pid)).is_some_and(|w| *w > 0) {
-                    let ack = Struct::new(schema::PRODUCER_ACK)
-                        .with("producerId", Value::obj(pid.clone()))
-                        .with("size", Value::Int(size as i32));
-                    self.send(ack).await;
-                }
+            let windowed = match self.producer_memo.get(&c.fields[msg::PRODUCER_ID]) {
+                Some(id) => self.producers.get(&*id).is_some_and(|w| *w > 0),
+                None => false,
+            };
+            if let (true, Some(pid)) = (windowed, c.fields[msg::PRODUCER_ID].as_struct()) {
+                let ack = Struct::new(schema::PRODUCER_ACK)
+                    .with("producerId", Value::obj(pid.clone()))
+                    .with("size", Value::Int(size as i32));
+                self.send(ack).await;
             }
         }
         Ok(Reply::Done)
