@@ -303,6 +303,24 @@ impl FrameWriter {
     pub fn encode(&mut self, s: &Struct, out: &mut Vec<u8>) -> Result<(), WireError> {
         marshal::encode(s, &self.format, &mut self.cache, out)
     }
+
+    /// Encodes a MessageDispatch from its parts (see [`marshal::encode_dispatch`]).
+    pub fn encode_dispatch(
+        &mut self,
+        consumer_id: &Value,
+        destination: &Value,
+        message: &marshal::MessageFields,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        marshal::encode_dispatch(
+            consumer_id,
+            destination,
+            message,
+            &self.format,
+            &mut self.cache,
+            out,
+        )
+    }
 }
 
 /// Encodes a WireFormatInfo (always in the initial format).

@@ -5,8 +5,8 @@
 use crate::openwire::schema::{self, Enc};
 use crate::openwire::value::{StackFrame, Struct, Throwable, Value};
 use crate::openwire::wire::{
-    put_loose_string, put_tight_long, put_tight_string, BitReader, BitWriter, Reader, Result,
-    WireError,
+    modified_utf8_len, put_loose_string, put_modified_utf8, put_tight_long, put_tight_string,
+    BitReader, BitWriter, Reader, Result, WireError,
 };
 use bytes::{BufMut, Bytes};
 use std::collections::HashMap;
@@ -452,6 +452,100 @@ pub fn encode(
     result
 }
 
+/// A message's content for [`encode_dispatch`].
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    /// Bytes as they go on the wire.
+    Raw(&'a [u8]),
+    /// A text body: written as an i32 length and modified UTF-8.
+    Text(&'a str),
+}
+
+/// The fields of a message delivery, borrowed from the core message (see
+/// `convert::dispatch_fields`); structures are shared values.
+#[derive(Debug)]
+pub struct MessageFields<'a> {
+    pub type_id: u8,
+    pub producer_id: &'a Value,
+    pub destination: &'a Value,
+    pub original_destination: &'a Value,
+    pub producer_seq: i64,
+    pub broker_seq: i64,
+    pub group_id: Option<&'a str>,
+    pub group_seq: i32,
+    pub correlation_id: Option<&'a str>,
+    pub persistent: bool,
+    pub expiration: i64,
+    pub priority: i8,
+    pub reply_to: &'a Value,
+    pub timestamp: i64,
+    pub jms_type: Option<&'a str>,
+    pub content: Option<Content<'a>>,
+    pub properties: Option<&'a [u8]>,
+    pub data_structure: &'a Value,
+    pub redelivery_counter: i32,
+    pub broker_in_time: i64,
+    pub broker_out_time: i64,
+}
+
+/// Encodes a MessageDispatch of a message straight from its fields, with
+/// no intermediate [`Struct`]: the deliveries' hot path. The bytes (and the
+/// write cache's state) are those [`encode`] gives for the equivalent
+/// structure.
+pub fn encode_dispatch(
+    consumer_id: &Value,
+    destination: &Value,
+    m: &MessageFields,
+    format: &Format,
+    cache: &mut WriteCache,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let fields = schema::fields(m.type_id).ok_or(WireError::UnknownType(m.type_id))?;
+    if !schema::is_message(m.type_id) {
+        return Err(WireError::Invalid(format!(
+            "{} is not a message",
+            schema::type_name(m.type_id)
+        )));
+    }
+    if format.cache {
+        cache.sweep();
+    }
+    let mut data = std::mem::take(&mut cache.data);
+    let mut bits = std::mem::take(&mut cache.bits);
+    let mut block = std::mem::take(&mut cache.block);
+    data.clear();
+    bits.clear();
+    block.clear();
+    let encoded = {
+        let mut e = Encoder {
+            data: &mut data,
+            bits: format.tight.then_some(&mut bits),
+            format,
+            cache,
+        };
+        e.dispatch(consumer_id, destination, m, fields)
+    };
+    if format.tight {
+        bits.put_block(&mut block);
+    }
+    let result = encoded.map(|()| {
+        let size = 1 + block.len() + data.len();
+        if format.size_prefix {
+            out.put_i32(size as i32);
+        }
+        out.reserve(size);
+        out.put_u8(schema::MESSAGE_DISPATCH);
+        out.extend_from_slice(&block);
+        out.extend_from_slice(&data);
+    });
+    if data.capacity() <= 64 * 1024 {
+        cache.data = data;
+    }
+    cache.bits = bits;
+    cache.block = block;
+    result
+}
+
 struct Encoder<'a> {
     data: &'a mut Vec<u8>,
     bits: Option<&'a mut BitWriter>,
@@ -547,6 +641,112 @@ impl Encoder<'_> {
             (enc, v) => return Err(mismatch(enc, v)),
         }
         Ok(())
+    }
+
+    /// MessageDispatch's fields: commandId, responseRequired, consumerId,
+    /// destination, message, redeliveryCounter.
+    fn dispatch(
+        &mut self,
+        consumer_id: &Value,
+        destination: &Value,
+        m: &MessageFields,
+        fields: &'static [schema::Field],
+    ) -> Result<()> {
+        self.data.put_i32(0);
+        self.flag(false);
+        self.field(Enc::CObj, consumer_id)?;
+        self.field(Enc::CObj, destination)?;
+        // The message, nested (and marshal-aware: not pre-marshalled).
+        self.flag(true);
+        self.data.put_u8(m.type_id);
+        if self.bits.is_some() {
+            self.flag(false);
+        }
+        let version = self.format.version;
+        for (i, f) in fields.iter().enumerate() {
+            if !f.present_in(version) {
+                continue;
+            }
+            match i {
+                schema::msg::COMMAND_ID => self.data.put_i32(0),
+                schema::msg::RESPONSE_REQUIRED => self.flag(false),
+                schema::msg::PRODUCER_ID => self.field(Enc::CObj, m.producer_id)?,
+                schema::msg::DESTINATION => self.field(Enc::CObj, m.destination)?,
+                schema::msg::ORIGINAL_DESTINATION => {
+                    self.field(Enc::CObj, m.original_destination)?
+                }
+                schema::msg::MESSAGE_ID => self.message_id(m)?,
+                schema::msg::GROUP_ID => self.string(m.group_id)?,
+                schema::msg::GROUP_SEQUENCE => self.data.put_i32(m.group_seq),
+                schema::msg::CORRELATION_ID => self.string(m.correlation_id)?,
+                schema::msg::PERSISTENT => self.flag(m.persistent),
+                schema::msg::EXPIRATION => self.long(m.expiration),
+                schema::msg::PRIORITY => self.data.put_i8(m.priority),
+                schema::msg::REPLY_TO => self.nested(m.reply_to)?,
+                schema::msg::TIMESTAMP => self.long(m.timestamp),
+                schema::msg::TYPE => self.string(m.jms_type)?,
+                schema::msg::CONTENT => self.content(m.content),
+                schema::msg::PROPERTIES => match m.properties {
+                    Some(p) => {
+                        self.flag(true);
+                        self.data.put_i32(p.len() as i32);
+                        self.data.extend_from_slice(p);
+                    }
+                    None => self.flag(false),
+                },
+                schema::msg::DATA_STRUCTURE => self.nested(m.data_structure)?,
+                schema::msg::REDELIVERY_COUNTER => self.data.put_i32(m.redelivery_counter),
+                schema::msg::BROKER_IN_TIME => self.long(m.broker_in_time),
+                schema::msg::BROKER_OUT_TIME => self.long(m.broker_out_time),
+                _ => self.field(f.enc, &Value::default_for(f.enc))?,
+            }
+        }
+        self.data.put_i32(m.redelivery_counter);
+        Ok(())
+    }
+
+    fn message_id(&mut self, m: &MessageFields) -> Result<()> {
+        self.flag(true);
+        self.data.put_u8(schema::MESSAGE_ID);
+        let fields = schema::fields(schema::MESSAGE_ID).expect("a known type");
+        let version = self.format.version;
+        for f in fields {
+            if !f.present_in(version) {
+                continue;
+            }
+            match f.name {
+                "producerId" => self.field(Enc::CObj, m.producer_id)?,
+                "producerSequenceId" => self.long(m.producer_seq),
+                "brokerSequenceId" => self.long(m.broker_seq),
+                _ => self.field(f.enc, &Value::default_for(f.enc))?,
+            }
+        }
+        Ok(())
+    }
+
+    fn long(&mut self, v: i64) {
+        match &mut self.bits {
+            Some(bits) => put_tight_long(self.data, bits, v),
+            None => self.data.put_i64(v),
+        }
+    }
+
+    fn content(&mut self, c: Option<Content>) {
+        match c {
+            None => self.flag(false),
+            Some(Content::Raw(b)) => {
+                self.flag(true);
+                self.data.put_i32(b.len() as i32);
+                self.data.extend_from_slice(b);
+            }
+            Some(Content::Text(t)) => {
+                let n = modified_utf8_len(t);
+                self.flag(true);
+                self.data.put_i32(4 + n as i32);
+                self.data.put_i32(n as i32);
+                put_modified_utf8(self.data, t);
+            }
+        }
     }
 
     fn string(&mut self, s: Option<&str>) -> Result<()> {

@@ -112,6 +112,20 @@ fn write_map(out: &mut Vec<u8>, entries: &[(String, MapValue)]) -> Result<()> {
     Ok(())
 }
 
+/// A string value (type byte first).
+pub fn write_string(out: &mut Vec<u8>, s: &str) -> Result<()> {
+    // Java uses the short form below 8191 UTF-16 units.
+    if s.encode_utf16().count() < 8191 {
+        out.put_u8(9);
+        out.put_utf(s)?;
+    } else {
+        out.put_u8(13);
+        out.put_i32(modified_utf8_len(s) as i32);
+        put_modified_utf8(out, s);
+    }
+    Ok(())
+}
+
 pub fn write_value(out: &mut Vec<u8>, v: &MapValue) -> Result<()> {
     match v {
         MapValue::Null => out.put_u8(0),
@@ -147,17 +161,7 @@ pub fn write_value(out: &mut Vec<u8>, v: &MapValue) -> Result<()> {
             out.put_u8(8);
             out.put_f32(*f);
         }
-        MapValue::String(s) => {
-            // Java uses the short form below 8191 UTF-16 units.
-            if s.encode_utf16().count() < 8191 {
-                out.put_u8(9);
-                out.put_utf(s)?;
-            } else {
-                out.put_u8(13);
-                out.put_i32(modified_utf8_len(s) as i32);
-                put_modified_utf8(out, s);
-            }
-        }
+        MapValue::String(s) => write_string(out, s)?,
         MapValue::Bytes(b) => {
             out.put_u8(10);
             out.put_i32(b.len() as i32);

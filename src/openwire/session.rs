@@ -1208,25 +1208,16 @@ async fn writer(
                     }
                     w.last_written = delivery.seq;
                 }
-                let m = &delivery.message;
-                let dispatch = Struct::new(schema::MESSAGE_DISPATCH)
-                    .with("consumerId", ctx.id_value.clone())
-                    .with("destination", memo.destination(&m.destination))
-                    .with(
-                        "message",
-                        Value::obj(message_to_struct(
-                            m,
-                            delivery.redelivery_count,
-                            delivery.seq,
-                            now,
-                            &mut memo,
-                        )),
-                    )
-                    .with(
-                        "redeliveryCounter",
-                        Value::Int(delivery.redelivery_count as i32),
-                    );
-                if let Err(e) = f.encode(&dispatch, &mut buf) {
+                if let Err(e) = convert::encode_delivery(
+                    f,
+                    &ctx.id_value,
+                    &delivery.message,
+                    delivery.redelivery_count,
+                    delivery.seq,
+                    now,
+                    &mut memo,
+                    &mut buf,
+                ) {
                     // The marshalling cache may now disagree with the
                     // client's: the connection cannot go on.
                     warn!(error = %e, "cannot encode a dispatch; closing the connection");
