@@ -98,6 +98,11 @@ pub struct WriteCache {
     slots: Vec<Option<Value>>,
     next: usize,
     next_eviction: usize,
+    /// Addresses of recently written shared structures and their indices
+    /// (checked against `slots` before use), and where `Null` is.
+    recent: [(usize, i16); 8],
+    recent_next: usize,
+    null_at: Option<i16>,
     /// Scratch space of [`encode`], kept between frames.
     data: Vec<u8>,
     bits: BitWriter,
@@ -160,6 +165,9 @@ impl WriteCache {
             slots: vec![None; size],
             next: 0,
             next_eviction: 0,
+            recent: [(0, 0); 8],
+            recent_next: 0,
+            null_at: None,
             data: Vec::with_capacity(1024),
             bits: BitWriter::default(),
             block: Vec::with_capacity(64),
@@ -185,9 +193,55 @@ impl WriteCache {
                 self.map.remove(&old);
             }
             self.map.insert(value.clone(), i as i16);
+            self.remember(value, i as i16);
             i as i16
         } else {
             -1
+        }
+    }
+
+    /// The index `value` is cached at. The same shared structure written
+    /// again (a memoized id or destination) is found by its address,
+    /// without hashing it.
+    fn lookup(&mut self, value: &Value) -> Option<i16> {
+        let slot_holds = |slots: &[Option<Value>], i: i16| match (&slots[i as usize], value) {
+            (Some(Value::Obj(a)), Value::Obj(b)) => std::sync::Arc::ptr_eq(a, b),
+            (Some(Value::Null), Value::Null) => true,
+            _ => false,
+        };
+        match value {
+            Value::Obj(a) => {
+                let at = std::sync::Arc::as_ptr(a) as usize;
+                if let Some(&(_, i)) = self.recent.iter().find(|(p, _)| *p == at) {
+                    if slot_holds(&self.slots, i) {
+                        return Some(i);
+                    }
+                }
+            }
+            Value::Null => {
+                if let Some(i) = self.null_at {
+                    if slot_holds(&self.slots, i) {
+                        return Some(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let i = *self.map.get(value)?;
+        self.remember(value, i);
+        Some(i)
+    }
+
+    fn remember(&mut self, value: &Value, i: i16) {
+        match value {
+            Value::Obj(a) => {
+                let at = std::sync::Arc::as_ptr(a) as usize;
+                let n = self.recent.len();
+                self.recent[self.recent_next % n] = (at, i);
+                self.recent_next = self.recent_next.wrapping_add(1);
+            }
+            Value::Null => self.null_at = Some(i),
+            _ => {}
         }
     }
 }
@@ -283,13 +337,56 @@ impl Decoder<'_, '_, '_> {
                     };
                     values.push(Value::Long(v));
                 }
-                enc => values.push(self.field(enc)?),
+                enc => self.field_into(enc, &mut values)?,
             }
         }
         Ok(Struct {
             type_id,
             fields: values,
         })
+    }
+
+    /// Decodes a field onto the end of `values` (the common kinds in place).
+    fn field_into(&mut self, enc: Enc, values: &mut Vec<Value>) -> Result<()> {
+        match enc {
+            Enc::Str => {
+                let s = self.string()?;
+                values.push(match s {
+                    Some(s) => Value::Str(s),
+                    None => Value::Null,
+                });
+            }
+            Enc::Bytes => {
+                if self.flag()? {
+                    let n = self.r.len32()?;
+                    let b = self.r.take_bytes(n)?;
+                    values.push(Value::Bytes(b));
+                } else {
+                    values.push(Value::Null);
+                }
+            }
+            Enc::CObj if self.format.cache => {
+                let new = self.flag()?;
+                let index = self.r.i16()?;
+                if new {
+                    let v = self.nested()?;
+                    self.cache.put(index, v.clone())?;
+                    values.push(v);
+                } else {
+                    values.push(self.cache.get(index)?);
+                }
+            }
+            Enc::Obj | Enc::CObj => {
+                if !self.flag()? {
+                    values.push(Value::Null);
+                } else {
+                    let s = self.nested_struct()?;
+                    values.push(Value::obj(s));
+                }
+            }
+            enc => values.push(self.field(enc)?),
+        }
+        Ok(())
     }
 
     fn field(&mut self, enc: Enc) -> Result<Value> {
@@ -359,6 +456,11 @@ impl Decoder<'_, '_, '_> {
         if !self.flag()? {
             return Ok(Value::Null);
         }
+        Ok(Value::obj(self.nested_struct()?))
+    }
+
+    /// A nested structure whose presence flag was read (and set).
+    fn nested_struct(&mut self) -> Result<Struct> {
         let type_id = self.r.u8()?;
         let fields = schema::fields(type_id).ok_or(WireError::UnknownType(type_id))?;
         if self.bits.is_some() && schema::is_marshal_aware(type_id) && self.flag()? {
@@ -372,7 +474,7 @@ impl Decoder<'_, '_, '_> {
         }
         let s = self.fields(type_id, fields)?;
         self.depth -= 1;
-        Ok(Value::obj(s))
+        Ok(s)
     }
 
     fn throwable(&mut self) -> Result<Option<Throwable>> {
@@ -611,8 +713,8 @@ impl Encoder<'_> {
                 if !self.format.cache {
                     return self.nested(v);
                 }
-                match self.cache.map.get(v) {
-                    Some(&index) => {
+                match self.cache.lookup(v) {
+                    Some(index) => {
                         self.flag(false);
                         self.data.put_i16(index);
                     }
