@@ -4,6 +4,7 @@
 
 use crate::broker::destination::Destination;
 use crate::broker::message::{BodyKind, Message, MessageId, PropValue};
+use crate::openwire::codec::Inbound;
 use crate::openwire::codec::{
     encode_wire_format_info, negotiate, FrameWriter, OpenWireCodec, WireFormatInfo,
 };
@@ -71,7 +72,8 @@ impl OpenWireClient {
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let theirs = loop {
             if let Some(s) = codec.decode(&mut rbuf).map_err(|e| err(e.to_string()))? {
-                break WireFormatInfo::from_struct(&s).map_err(|e| err(e.to_string()))?;
+                break WireFormatInfo::from_struct(&s.into_struct())
+                    .map_err(|e| err(e.to_string()))?;
             }
             if stream.read_buf(&mut rbuf).await? == 0 {
                 return Err(err("closed during the handshake"));
@@ -217,6 +219,7 @@ impl OpenWireClient {
                 .codec
                 .decode(&mut self.rbuf)
                 .map_err(|e| err(e.to_string()))?
+                .map(Inbound::into_struct)
             {
                 if s.type_id == schema::KEEP_ALIVE_INFO {
                     continue;

@@ -4,7 +4,7 @@
 
 use crate::openwire::marshal::{self, Format, ReadCache, WriteCache};
 use crate::openwire::primitive_map::{decode_map, encode_map, MapValue};
-use crate::openwire::schema::WIRE_FORMAT_INFO;
+use crate::openwire::schema::{self, WIRE_FORMAT_INFO};
 use crate::openwire::value::{Struct, Value};
 use crate::openwire::wire::WireError;
 use bytes::{Buf, Bytes, BytesMut};
@@ -194,6 +194,24 @@ pub fn negotiate(ours: &WireFormatInfo, theirs: &WireFormatInfo) -> Result<Negot
     })
 }
 
+/// A decoded frame: a structure, or (once [`OpenWireCodec::fast_acks`] is
+/// on) a MessageAck decoded without one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Struct(Struct),
+    Ack(Box<marshal::AckFrame>),
+}
+
+impl Inbound {
+    /// The structure the generic decoder gives for this frame.
+    pub fn into_struct(self) -> Struct {
+        match self {
+            Inbound::Struct(s) => s,
+            Inbound::Ack(a) => a.to_struct(),
+        }
+    }
+}
+
 /// Decodes OpenWire frames: the first in the initial format, the rest in
 /// the format set with [`OpenWireCodec::negotiated`].
 #[derive(Debug)]
@@ -201,6 +219,7 @@ pub struct OpenWireCodec {
     format: Format,
     cache: ReadCache,
     max_frame_size: u64,
+    fast_acks: bool,
 }
 
 impl OpenWireCodec {
@@ -209,7 +228,13 @@ impl OpenWireCodec {
             format: Format::INITIAL,
             cache: ReadCache::new(0),
             max_frame_size,
+            fast_acks: false,
         }
+    }
+
+    /// MessageAcks come as [`Inbound::Ack`] from now on.
+    pub fn fast_acks(&mut self, on: bool) {
+        self.fast_acks = on;
     }
 
     /// Switches to the negotiated format for every later frame.
@@ -225,10 +250,10 @@ impl OpenWireCodec {
 }
 
 impl Decoder for OpenWireCodec {
-    type Item = Struct;
+    type Item = Inbound;
     type Error = CodecError;
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Struct>, CodecError> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
         if self.format.size_prefix {
             if buf.len() < 4 {
                 return Ok(None);
@@ -250,16 +275,28 @@ impl Decoder for OpenWireCodec {
                 return Ok(None);
             }
             let frame = buf.split_to(total).freeze().slice(4..);
-            let (s, used) = marshal::decode(&frame, &self.format, &mut self.cache)?;
+            let fast = if self.fast_acks {
+                marshal::decode_ack(&frame, &self.format, &mut self.cache)?
+            } else {
+                None
+            };
+            let (item, used, type_id) = match fast {
+                Some((a, used)) => (Inbound::Ack(Box::new(a)), used, schema::MESSAGE_ACK),
+                None => {
+                    let (s, used) = marshal::decode(&frame, &self.format, &mut self.cache)?;
+                    let t = s.type_id;
+                    (Inbound::Struct(s), used, t)
+                }
+            };
             if used != frame.len() {
                 return Err(WireError::Invalid(format!(
                     "{} bytes left over after a {} frame",
                     frame.len() - used,
-                    crate::openwire::schema::type_name(s.type_id)
+                    schema::type_name(type_id)
                 ))
                 .into());
             }
-            return Ok(Some(s));
+            return Ok(Some(item));
         }
         // No size prefix: the frame ends where its last field does.
         if buf.is_empty() {
@@ -269,7 +306,7 @@ impl Decoder for OpenWireCodec {
         match marshal::decode(&bytes, &self.format, &mut self.cache) {
             Ok((s, used)) => {
                 buf.advance(used);
-                Ok(Some(s))
+                Ok(Some(Inbound::Struct(s)))
             }
             Err(WireError::Truncated { .. }) => {
                 if buf.len() as u64 > self.max_frame_size {

@@ -262,32 +262,137 @@ pub fn decode(frame: &Bytes, format: &Format, cache: &mut ReadCache) -> Result<(
     }
 }
 
-fn decode_frame(r: &mut Reader, format: &Format, cache: &mut ReadCache) -> Result<Struct> {
+/// A MessageId inside a MessageAck.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckedId {
+    pub text_view: Option<String>,
+    pub producer_id: Value,
+    pub producer_seq: i64,
+    pub broker_seq: i64,
+}
+
+/// A MessageAck, decoded without building structures for it (acks come
+/// as often as messages). `to_struct` gives what the generic decoder does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckFrame {
+    pub command_id: i32,
+    pub response_required: bool,
+    pub destination: Value,
+    pub transaction_id: Value,
+    pub consumer_id: Value,
+    pub ack_type: i8,
+    pub first: Option<AckedId>,
+    pub last: Option<AckedId>,
+    pub message_count: i32,
+    pub poison_cause: Value,
+}
+
+impl AckedId {
+    fn to_value(&self) -> Value {
+        let mut s = Struct::new(schema::MESSAGE_ID);
+        s.fields = vec![
+            Value::opt_str(self.text_view.clone()),
+            self.producer_id.clone(),
+            Value::Long(self.producer_seq),
+            Value::Long(self.broker_seq),
+        ];
+        Value::obj(s)
+    }
+
+    fn from_value(v: &Value) -> Option<AckedId> {
+        let s = v.as_struct().filter(|s| s.type_id == schema::MESSAGE_ID)?;
+        Some(AckedId {
+            text_view: s.str("textView").map(str::to_string),
+            producer_id: s.get("producerId").clone(),
+            producer_seq: s.long("producerSequenceId"),
+            broker_seq: s.long("brokerSequenceId"),
+        })
+    }
+}
+
+impl AckFrame {
+    pub fn to_struct(&self) -> Struct {
+        let id = |m: &Option<AckedId>| m.as_ref().map_or(Value::Null, AckedId::to_value);
+        Struct {
+            type_id: schema::MESSAGE_ACK,
+            fields: vec![
+                Value::Int(self.command_id),
+                Value::Bool(self.response_required),
+                self.destination.clone(),
+                self.transaction_id.clone(),
+                self.consumer_id.clone(),
+                Value::Byte(self.ack_type),
+                id(&self.first),
+                id(&self.last),
+                Value::Int(self.message_count),
+                self.poison_cause.clone(),
+            ],
+        }
+    }
+
+    /// `None` when `s` is not a MessageAck of the usual shape.
+    pub fn from_struct(s: &Struct) -> Option<AckFrame> {
+        if s.type_id != schema::MESSAGE_ACK {
+            return None;
+        }
+        let id = |name: &str| match s.get(name) {
+            Value::Null => Some(None),
+            v => AckedId::from_value(v).map(Some),
+        };
+        Some(AckFrame {
+            command_id: s.command_id(),
+            response_required: s.response_required(),
+            destination: s.get("destination").clone(),
+            transaction_id: s.get("transactionId").clone(),
+            consumer_id: s.get("consumerId").clone(),
+            ack_type: s.byte("ackType"),
+            first: id("firstMessageId")?,
+            last: id("lastMessageId")?,
+            message_count: s.int("messageCount"),
+            poison_cause: s.get("poisonCause").clone(),
+        })
+    }
+}
+
+/// Decodes a MessageAck frame (type byte first) the fast way. `Ok(None)`
+/// when it is not one, or not of the usual shape (a message id that is not
+/// a MessageId): the generic [`decode`] takes it then.
+pub fn decode_ack(
+    frame: &Bytes,
+    format: &Format,
+    cache: &mut ReadCache,
+) -> Result<Option<(AckFrame, usize)>> {
+    if frame.first() != Some(&schema::MESSAGE_ACK) {
+        return Ok(None);
+    }
+    let mut r = Reader::over(frame);
+    let res = with_decoder(&mut r, format, cache, |_, d| d.ack());
+    match res {
+        Ok(Some(a)) => {
+            cache.commit();
+            Ok(Some((a, r.position())))
+        }
+        Ok(None) => {
+            cache.rollback();
+            Ok(None)
+        }
+        Err(e) => {
+            cache.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Reads a frame's type byte (and, tight, its flag block), then runs `f`
+/// with a decoder over the rest.
+fn with_decoder<T>(
+    r: &mut Reader,
+    format: &Format,
+    cache: &mut ReadCache,
+    f: impl FnOnce(u8, &mut Decoder) -> Result<T>,
+) -> Result<T> {
     let type_id = r.u8()?;
-    let fields = schema::fields(type_id).ok_or(WireError::UnknownType(type_id))?;
-    if format.tight {
-        let n = match r.u8()? {
-            0xC0 => r.u8()? as usize,
-            0x80 => {
-                let n = r.i16()?;
-                if n < 0 {
-                    return Err(WireError::Invalid("negative flag block length".into()));
-                }
-                n as usize
-            }
-            n => n as usize,
-        };
-        let block = r.take(n)?;
-        let mut bits = BitReader::new(block);
-        let mut d = Decoder {
-            r,
-            bits: Some(&mut bits),
-            format,
-            cache,
-            depth: 0,
-        };
-        d.fields(type_id, fields)
-    } else {
+    if !format.tight {
         let mut d = Decoder {
             r,
             bits: None,
@@ -295,8 +400,36 @@ fn decode_frame(r: &mut Reader, format: &Format, cache: &mut ReadCache) -> Resul
             cache,
             depth: 0,
         };
-        d.fields(type_id, fields)
+        return f(type_id, &mut d);
     }
+    let n = match r.u8()? {
+        0xC0 => r.u8()? as usize,
+        0x80 => {
+            let n = r.i16()?;
+            if n < 0 {
+                return Err(WireError::Invalid("negative flag block length".into()));
+            }
+            n as usize
+        }
+        n => n as usize,
+    };
+    let block = r.take(n)?;
+    let mut bits = BitReader::new(block);
+    let mut d = Decoder {
+        r,
+        bits: Some(&mut bits),
+        format,
+        cache,
+        depth: 0,
+    };
+    f(type_id, &mut d)
+}
+
+fn decode_frame(r: &mut Reader, format: &Format, cache: &mut ReadCache) -> Result<Struct> {
+    with_decoder(r, format, cache, |type_id, d| {
+        let fields = schema::fields(type_id).ok_or(WireError::UnknownType(type_id))?;
+        d.fields(type_id, fields)
+    })
 }
 
 struct Decoder<'a, 'b, 'c> {
@@ -310,6 +443,71 @@ struct Decoder<'a, 'b, 'c> {
 const MAX_DEPTH: usize = 32;
 
 impl Decoder<'_, '_, '_> {
+    /// MessageAck's fields after the type byte; `None` when a message id
+    /// is not a MessageId.
+    fn ack(&mut self) -> Result<Option<AckFrame>> {
+        let version = self.format.version;
+        let command_id = self.r.i32()?;
+        let response_required = self.flag()?;
+        let destination = self.field(Enc::CObj)?;
+        let transaction_id = self.field(Enc::CObj)?;
+        let consumer_id = self.field(Enc::CObj)?;
+        let ack_type = self.r.i8()?;
+        let Some(first) = self.acked_id()? else {
+            return Ok(None);
+        };
+        let Some(last) = self.acked_id()? else {
+            return Ok(None);
+        };
+        let message_count = self.r.i32()?;
+        let poison_cause = if version >= 7 {
+            self.field(Enc::Exc)?
+        } else {
+            Value::Null
+        };
+        Ok(Some(AckFrame {
+            command_id,
+            response_required,
+            destination,
+            transaction_id,
+            consumer_id,
+            ack_type,
+            first,
+            last,
+            message_count,
+            poison_cause,
+        }))
+    }
+
+    /// A nested MessageId: `Some(None)` when absent, `None` when another
+    /// type is there.
+    fn acked_id(&mut self) -> Result<Option<Option<AckedId>>> {
+        if !self.flag()? {
+            return Ok(Some(None));
+        }
+        if self.r.u8()? != schema::MESSAGE_ID {
+            return Ok(None);
+        }
+        let text_view = if self.format.version >= 10 {
+            self.string()?
+        } else {
+            None
+        };
+        let producer_id = self.field(Enc::CObj)?;
+        let long = |d: &mut Self| match &mut d.bits {
+            Some(b) => d.r.tight_long(b),
+            None => d.r.i64(),
+        };
+        let producer_seq = long(self)?;
+        let broker_seq = long(self)?;
+        Ok(Some(Some(AckedId {
+            text_view,
+            producer_id,
+            producer_seq,
+            broker_seq,
+        })))
+    }
+
     fn flag(&mut self) -> Result<bool> {
         match &mut self.bits {
             Some(b) => b.read(),

@@ -22,12 +22,13 @@ use crate::broker::subscription::ConsumerSpec;
 use crate::broker::transaction::{Transaction, TxOp};
 use crate::broker::{Broker, BrokerError, Subscription, Target};
 use crate::openwire::codec::{
-    encode_wire_format_info, negotiate, CodecError, FrameWriter, Negotiated, OpenWireCodec,
-    WireFormatInfo,
+    encode_wire_format_info, negotiate, CodecError, FrameWriter, Inbound, Negotiated,
+    OpenWireCodec, WireFormatInfo,
 };
 use crate::openwire::convert::{
     self, consumer_name, destination_from, id_string, message_to_struct, throwable, ValueMemo,
 };
+use crate::openwire::marshal::{AckFrame, AckedId};
 use crate::openwire::schema::{self, msg};
 use crate::openwire::value::{Struct, Value};
 use crate::transport::activity::ActivityReader;
@@ -346,6 +347,13 @@ impl Session {
                     return format!("bad frame: {e}");
                 }
             };
+            let command = match command {
+                Inbound::Ack(a) => {
+                    self.on_ack_frame(&a).await;
+                    continue;
+                }
+                Inbound::Struct(s) => s,
+            };
             if self.negotiated.is_none() {
                 match self.handshake(&command, ours, framed).await {
                     Ok(()) => continue,
@@ -371,6 +379,7 @@ impl Session {
         let theirs = WireFormatInfo::from_struct(command)?;
         let n = negotiate(ours, &theirs)?;
         framed.decoder_mut().negotiated(&n);
+        framed.decoder_mut().fast_acks(true);
         self.negotiated = Some(n);
         debug!(
             version = n.format.version,
@@ -468,7 +477,13 @@ impl Session {
                 Ok(Reply::Done)
             }
             t if schema::is_message(t) => self.on_message(c).await,
-            schema::MESSAGE_ACK => self.on_ack(&c),
+            schema::MESSAGE_ACK => match AckFrame::from_struct(&c) {
+                Some(a) => self.on_ack(&a),
+                None => Err(JmsError::new(
+                    "java.io.IOException",
+                    "MessageAck with a message id that is not a MessageId",
+                )),
+            },
             schema::MESSAGE_PULL => self.on_pull(&c).await,
             schema::REMOVE_INFO => self.on_remove(&c),
             schema::TRANSACTION_INFO => self.on_transaction(&c).await,
@@ -769,8 +784,35 @@ impl Session {
         Ok(Reply::Done)
     }
 
-    fn on_ack(&mut self, c: &Struct) -> Result<Reply, JmsError> {
-        let Some(key) = self.consumer_memo.get(c.get("consumerId")) else {
+    /// A MessageAck from the fast decoder: as [`Session::on_command`] does
+    /// for any command.
+    async fn on_ack_frame(&mut self, a: &AckFrame) {
+        let result = self.on_ack(a);
+        match result {
+            Ok(_) => {
+                if a.response_required {
+                    self.send(
+                        Struct::new(schema::RESPONSE)
+                            .with("correlationId", Value::Int(a.command_id)),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                if a.response_required {
+                    let r = Struct::new(schema::EXCEPTION_RESPONSE)
+                        .with("correlationId", Value::Int(a.command_id))
+                        .with("exception", throwable(e.class, &e.message));
+                    self.send(r).await;
+                } else {
+                    self.connection_error(e).await;
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, c: &AckFrame) -> Result<Reply, JmsError> {
+        let Some(key) = self.consumer_memo.get(&c.consumer_id) else {
             return Ok(Reply::Done);
         };
         let Some(entry) = self.consumers.get_mut(&*key) else {
@@ -780,18 +822,15 @@ impl Session {
         let Some(sub) = &entry.sub else {
             return Ok(Reply::Done); // browsed messages are not consumed
         };
-        let seq_of = |name: &str| {
-            c.obj(name)
-                .map(|m| m.long("brokerSequenceId").max(0) as u64)
-        };
-        let Some(last) = seq_of("lastMessageId") else {
+        let seq_of = |m: &Option<AckedId>| m.as_ref().map(|m| m.broker_seq.max(0) as u64);
+        let Some(last) = seq_of(&c.last) else {
             return Ok(Reply::Done);
         };
-        let first = seq_of("firstMessageId").unwrap_or(last).min(last);
+        let first = seq_of(&c.first).unwrap_or(last).min(last);
         let queue = sub.queue.clone();
         let consumer = sub.consumer_id;
-        let tx = c.obj("transactionId").map(tx_key);
-        let result = match c.byte("ackType") {
+        let tx = c.transaction_id.as_struct().map(tx_key);
+        let result = match c.ack_type {
             ack_type::DELIVERED | ack_type::REDELIVERED => {
                 entry.delivered_upto = entry.delivered_upto.max(last);
                 queue
@@ -800,7 +839,7 @@ impl Session {
             }
             ack_type::STANDARD | ack_type::INDIVIDUAL => {
                 entry.delivered_upto = entry.delivered_upto.max(last);
-                let from = if c.byte("ackType") == ack_type::STANDARD {
+                let from = if c.ack_type == ack_type::STANDARD {
                     0
                 } else {
                     last
@@ -838,7 +877,7 @@ impl Session {
             }
             ack_type::POISON => {
                 // Java's Throwable.toString(): "class: message".
-                let cause = match c.get("poisonCause") {
+                let cause = match &c.poison_cause {
                     Value::Exc(t) => Some(Arc::from(match (&t.class, &t.message) {
                         (Some(cl), Some(m)) => format!("{cl}: {m}"),
                         (Some(cl), None) => cl.clone(),
