@@ -150,6 +150,18 @@ def settle(limit=0.15, timeout=15):
         pass
 
 
+def only(brokers, running):
+    """Lets only the broker under test run: the other one is paused
+    (SIGSTOP), so that its background work (ActiveMQ's checkpoints and
+    journal clean-up, its JVM's GC) cannot land in the other's runs. With
+    `None` both run."""
+    for name, b in brokers.items():
+        try:
+            os.kill(b.pid, signal.SIGCONT if running in (None, name) else signal.SIGSTOP)
+        except (OSError, ValueError):
+            pass
+
+
 def run_json(cmd, timeout=900):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     for line in out.stdout.splitlines()[::-1]:
@@ -295,6 +307,7 @@ def main():
                 runs = {"ferromq": [], "activemq": []}
                 for rep in range(REPS):
                     for name in (["ferromq", "activemq"] if rep % 2 == 0 else ["activemq", "ferromq"]):
+                        only(brokers, name)
                         r = workload(brokers[name], proto, w, rep)
                         runs[name].append(r)
                         print(f"{w['key']:8} {proto:8} {name:8} {r[w['metric']]:>12.1f}  cpu/100k {r['cpu_s_per_100k']:.2f} s", flush=True)
@@ -305,9 +318,11 @@ def main():
                 if f and a:
                     entry["ratio"] = (a / f) if w["metric"].endswith("_us") else (f / a)
                 results["workloads"].append(entry)
+        only(brokers, None)
         for name, b in brokers.items():
             results["brokers"][name]["peak_rss_bytes"] = proc_hwm(b.pid)
     finally:
+        only(brokers, None)
         for b in brokers.values():
             b.stop()
     n = int(1_000_000 * SCALE)
