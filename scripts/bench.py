@@ -79,7 +79,8 @@ class Ferromq:
         self.proc = subprocess.Popen(
             [FERROMQ, "--data-dir", os.path.join(self.dir, "data"),
              "--stomp-addr", f"127.0.0.1:{self.stomp}", "--auto-addr", f"127.0.0.1:{self.openwire}"] + self.args,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
+            start_new_session=True)  # paused (SIGSTOP) at times: not in our process group
         wait_port(self.stomp)
         wait_port(self.openwire)
         return time.time() - t0
@@ -111,7 +112,7 @@ class ActiveMQ:
     def start(self):
         t0 = time.time()
         subprocess.run([AMQ, "start", str(self.openwire), str(self.stomp), self.dir], check=True,
-                       stdout=subprocess.DEVNULL, env=self.env)
+                       stdout=subprocess.DEVNULL, env=self.env, start_new_session=True)
         wait_port(self.openwire)
         wait_port(self.stomp)
         return time.time() - t0
