@@ -737,22 +737,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_through_the_core() {
-        let mut m = Message::new(
-            MessageId {
-                producer: Arc::from("ID:x-1-2-1:1:1:1"),
-                seq: 5,
-            },
-            Destination::queue("q"),
-            BodyKind::Text,
-            Bytes::from("smile 😀 nul\0 é".as_bytes().to_vec()),
-        );
-        m.persistent = true;
-        m.priority = 7;
-        m.correlation_id = Some("c".into());
-        m.reply_to = Some(Destination::new(DestinationKind::TempQueue, "ID:x:1"));
-        m.properties.push(("n".into(), PropValue::Int(3)));
-        m.properties
-            .push(("JMSXGroupID".into(), PropValue::String("g".into())));
+        let m = sample_messages().swap_remove(0);
         let s = message_to_struct(&m, 2, 11, 0, &mut ValueMemo::default());
         let back = message_from_struct(&s, 9, &mut IdMemo::default()).unwrap();
         assert_eq!(back.body, m.body);

@@ -714,6 +714,18 @@ pub fn encode(
     cache: &mut WriteCache,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    encode_with(s.type_id, format, cache, out, |e| e.fields(s))
+}
+
+/// Runs `fill` with an encoder over the connection's scratch buffers, then
+/// writes the frame (size prefix, type, flag block, data) to `out`.
+fn encode_with(
+    type_id: u8,
+    format: &Format,
+    cache: &mut WriteCache,
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut Encoder) -> Result<()>,
+) -> Result<()> {
     if format.cache {
         cache.sweep();
     }
@@ -723,13 +735,12 @@ pub fn encode(
     data.clear();
     bits.clear();
     block.clear();
-    let encoded = Encoder {
+    let encoded = fill(&mut Encoder {
         data: &mut data,
         bits: format.tight.then_some(&mut bits),
         format,
         cache,
-    }
-    .fields(s);
+    });
     if format.tight {
         bits.put_block(&mut block);
     }
@@ -739,7 +750,7 @@ pub fn encode(
             out.put_i32(size as i32);
         }
         out.reserve(size);
-        out.put_u8(s.type_id);
+        out.put_u8(type_id);
         out.extend_from_slice(&block);
         out.extend_from_slice(&data);
     });
@@ -807,43 +818,9 @@ pub fn encode_dispatch(
             schema::type_name(m.type_id)
         )));
     }
-    if format.cache {
-        cache.sweep();
-    }
-    let mut data = std::mem::take(&mut cache.data);
-    let mut bits = std::mem::take(&mut cache.bits);
-    let mut block = std::mem::take(&mut cache.block);
-    data.clear();
-    bits.clear();
-    block.clear();
-    let encoded = {
-        let mut e = Encoder {
-            data: &mut data,
-            bits: format.tight.then_some(&mut bits),
-            format,
-            cache,
-        };
+    encode_with(schema::MESSAGE_DISPATCH, format, cache, out, |e| {
         e.dispatch(consumer_id, destination, m, fields)
-    };
-    if format.tight {
-        bits.put_block(&mut block);
-    }
-    let result = encoded.map(|()| {
-        let size = 1 + block.len() + data.len();
-        if format.size_prefix {
-            out.put_i32(size as i32);
-        }
-        out.reserve(size);
-        out.put_u8(schema::MESSAGE_DISPATCH);
-        out.extend_from_slice(&block);
-        out.extend_from_slice(&data);
-    });
-    if data.capacity() <= 64 * 1024 {
-        cache.data = data;
-    }
-    cache.bits = bits;
-    cache.block = block;
-    result
+    })
 }
 
 struct Encoder<'a> {
