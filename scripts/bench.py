@@ -80,7 +80,7 @@ class Ferromq:
             [FERROMQ, "--data-dir", os.path.join(self.dir, "data"),
              "--stomp-addr", f"127.0.0.1:{self.stomp}", "--auto-addr", f"127.0.0.1:{self.openwire}"] + self.args,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
-            start_new_session=True)  # paused (SIGSTOP) at times: not in our process group
+            preexec_fn=os.setpgrp)  # paused (SIGSTOP) at times: its own process group, same session
         wait_port(self.stomp)
         wait_port(self.openwire)
         return time.time() - t0
@@ -112,7 +112,7 @@ class ActiveMQ:
     def start(self):
         t0 = time.time()
         subprocess.run([AMQ, "start", str(self.openwire), str(self.stomp), self.dir], check=True,
-                       stdout=subprocess.DEVNULL, env=self.env, start_new_session=True)
+                       stdout=subprocess.DEVNULL, env=self.env, preexec_fn=os.setpgrp)
         wait_port(self.openwire)
         wait_port(self.stomp)
         return time.time() - t0
@@ -155,7 +155,9 @@ def only(brokers, running):
     """Lets only the broker under test run: the other one is paused
     (SIGSTOP), so that its background work (ActiveMQ's checkpoints and
     journal clean-up, its JVM's GC) cannot land in the other's runs. With
-    `None` both run."""
+    `None` both run. (The brokers have process groups of their own, but stay
+    in our session: a new session would also be a new scheduler autogroup,
+    which changes how the CPU is shared with the clients.)"""
     for name, b in brokers.items():
         try:
             os.kill(b.pid, signal.SIGCONT if running in (None, name) else signal.SIGSTOP)
