@@ -669,6 +669,10 @@ async fn next_or_stop<T>(
     deadline: Option<Instant>,
     shared: &Shared,
 ) -> Option<std::io::Result<T>> {
+    // The goal may be reached by another client: no more counting here.
+    if over(deadline, shared) {
+        return None;
+    }
     tokio::pin!(fut);
     loop {
         let tick = tokio::time::sleep(Duration::from_millis(200));
@@ -769,6 +773,14 @@ async fn consume_stomp(
             c.flush().await?;
         }
     }
+    // What was counted is consumed: an open transaction is committed (else
+    // its messages would go to another client and be counted twice).
+    if in_tx > 0 {
+        c.queue(
+            &Frame::new(Command::Commit).with_header("transaction", format!("a{client}-{tx_no}")),
+        );
+        c.flush().await?;
+    }
     c.disconnect().await
 }
 
@@ -819,6 +831,11 @@ async fn consume_openwire(
         } else if got.is_multiple_of(64) {
             c.flush().await?;
         }
+    }
+    // What was counted is consumed: an open transaction is committed (else
+    // its messages would go to another client and be counted twice).
+    if let Some(t) = &tx {
+        c.commit(t).await?;
     }
     c.close().await
 }
