@@ -342,7 +342,8 @@ def main():
         json.dump(results, f, indent=2)
     lines = ["# ferromq vs Apache ActiveMQ 5.17: side-by-side benchmark", "",
              f"Machine: {os.cpu_count()} CPUs, {platform.platform()}. Same machine, same clients, same run; "
-             f"A/B alternated, {REPS} repetition(s), medians. Scale {SCALE}. Clients: `ferromq producer/consumer` "
+             f"A/B alternated, {REPS} repetition(s), medians; each run on a quiet machine with the other broker paused. "
+             f"Scale {SCALE}. Clients: `ferromq producer/consumer` "
              "for STOMP, the stock ActiveMQ JMS client (`bench/java/JmsLoad.java`) for OpenWire.", "",
              "| workload | protocol | ferromq | ActiveMQ | ratio | broker CPU s/100k: ferromq, ActiveMQ (ratio) |",
              "|---|---|---|---|---|---|"]
