@@ -464,6 +464,9 @@ struct Pending {
     held: usize,
     /// Entries of `queue` cancelled in place (nothing left to write).
     dead: usize,
+    /// Entries of `queue` nobody waits for (acknowledgements): they do not
+    /// end a hold.
+    lazy: usize,
     /// The writer holds back held entries until a deadline: anything else
     /// queued wakes it.
     holding: bool,
@@ -513,7 +516,7 @@ impl Pending {
 
     /// Only held (or cancelled) entries are queued: the writer may wait.
     fn only_held(&self) -> bool {
-        self.held > 0 && self.queue.len() == self.held + self.dead
+        self.held > 0 && self.queue.len() == self.held + self.dead + self.lazy
     }
 
     /// Whether a wake-up is due for what was just queued, and marks it sent.
@@ -654,6 +657,9 @@ impl Store {
         if let Some(id) = lone {
             let at = p.queue.len();
             p.lone.insert(id, Lone::Queued(at));
+        }
+        if done.is_none() {
+            p.lazy += 1;
         }
         p.queue.push(Submission {
             ops,
@@ -1171,6 +1177,7 @@ impl Writer {
                 let mut batch = std::mem::take(&mut p.queue);
                 p.held = 0;
                 p.dead = 0;
+                p.lazy = 0;
                 // The producers of lone Adds are told by whoever comes
                 // first: the writer once durable, or their consumption.
                 for s in batch.iter_mut() {

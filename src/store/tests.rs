@@ -607,6 +607,24 @@ fn a_dispatched_add_is_held_for_its_ack_and_written_when_none_comes() {
             .unwrap();
         held_done.await.unwrap();
         assert!(started.elapsed() < Duration::from_millis(250));
+        // An acknowledgement nobody waits for does not end a hold.
+        let written = add(&store, &q, "written, then acked", vec![]);
+        let written_id = add_id(&written);
+        store.write(vec![written]).await.unwrap();
+        let cancelled = store.stats().cancelled.load(Ordering::Relaxed);
+        let held = add(&store, &q, "held past an ack", vec![]);
+        let held_id = add_id(&held);
+        let held_done = store.start_write_deferred(vec![held]);
+        store.wake(held_id, true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.submit(vec![Op::Remove { id: written_id }]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.consumed(vec![Op::Remove { id: held_id }]);
+        held_done.await.unwrap();
+        assert_eq!(
+            store.stats().cancelled.load(Ordering::Relaxed),
+            cancelled + 1
+        );
         store.close();
     });
     let (_, r) = load(dir.path());
