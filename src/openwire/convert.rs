@@ -8,7 +8,7 @@ use crate::broker::message::{Advisory, BodyKind, ConsumerName, Message, MessageI
 use crate::bstr::ByteStr;
 use crate::openwire::codec::FrameWriter;
 use crate::openwire::marshal::{Content, MessageFields};
-use crate::openwire::primitive_map::{decode_map, encode_map, write_string, MapValue};
+use crate::openwire::primitive_map::{decode_map, write_string, MapValue};
 use crate::openwire::schema::{self, msg};
 use crate::openwire::value::{Struct, Throwable, Value};
 use crate::openwire::wire::{
@@ -499,30 +499,12 @@ pub fn message_to_struct(
         BodyKind::Map if m.body.is_empty() => Value::Null,
         _ => Value::Bytes(m.body.clone()),
     };
-    let mut props = Vec::with_capacity(m.properties.len());
-    for (k, v) in &m.properties {
-        match (k.as_str(), v) {
-            ("JMSXGroupID", PropValue::String(g)) => f[msg::GROUP_ID] = Value::str(g.as_str()),
-            ("JMSXGroupSeq", PropValue::Int(n)) => f[msg::GROUP_SEQUENCE] = Value::Int(*n),
-            _ => props.push((
-                k.to_string(),
-                match v {
-                    PropValue::Bool(b) => MapValue::Bool(*b),
-                    PropValue::Byte(b) => MapValue::Byte(*b),
-                    PropValue::Short(x) => MapValue::Short(*x),
-                    PropValue::Int(x) => MapValue::Int(*x),
-                    PropValue::Long(x) => MapValue::Long(*x),
-                    PropValue::Float(x) => MapValue::Float(*x),
-                    PropValue::Double(x) => MapValue::Double(*x),
-                    PropValue::String(x) => MapValue::String(x.to_string()),
-                },
-            )),
-        }
-    }
-    if !props.is_empty() {
-        if let Ok(b) = encode_map(&props) {
-            f[msg::PROPERTIES] = Value::Bytes(b);
-        }
+    let mut props = Vec::new();
+    let (group_id, group_seq, has_props) = marshal_properties(&m.properties, &mut props);
+    f[msg::GROUP_ID] = Value::opt_str(group_id);
+    f[msg::GROUP_SEQUENCE] = Value::Int(group_seq);
+    if has_props {
+        f[msg::PROPERTIES] = Value::Bytes(Bytes::from(props));
     }
     if let Some(a) = &m.advisory {
         f[msg::DATA_STRUCTURE] = advisory_value(a);
