@@ -342,7 +342,7 @@ pub fn encode_delivery(
         None => Value::Null,
     };
     let reply_to = match &m.reply_to {
-        Some(r) => destination_value(r),
+        Some(r) => memo.destination(r),
         None => Value::Null,
     };
     let data_structure = match &m.advisory {
@@ -490,7 +490,7 @@ pub fn message_to_struct(
     f[msg::CORRELATION_ID] = Value::opt_str(m.correlation_id.as_deref());
     f[msg::TYPE] = Value::opt_str(m.jms_type.as_deref());
     if let Some(r) = &m.reply_to {
-        f[msg::REPLY_TO] = destination_value(r);
+        f[msg::REPLY_TO] = memo.destination(r);
     }
     f[msg::CONTENT] = match m.body_kind {
         BodyKind::Text if m.null_body => Value::Null,
