@@ -340,6 +340,111 @@ async fn a_persistent_backlog_larger_than_memory_pages_out_and_back_in_order() {
     assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
 }
 
+/// Durable subscriptions page as queues do: a persistent backlog larger
+/// than the memory limit neither stops the publisher nor stays in memory,
+/// and each subscription gets all of it, in order, before and after a
+/// restart (one acknowledged part of it first, the other none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_subscription_backlogs_page_out_and_back_in_order() {
+    const LIMIT: usize = 256 * 1024;
+    const N: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let small = |c: &mut ferromq::config::Config| c.limits.destination_memory_limit = LIMIT;
+    let text = |i: usize| format!("{i:05}-{}", "x".repeat(1024));
+    let sub = |prefetch: &str| {
+        frame(
+            Command::Subscribe,
+            &[
+                ("id", "d"),
+                ("destination", "/topic/feed"),
+                ("activemq.subscriptionName", "mine"),
+                ("activemq.prefetchSize", prefetch),
+                ("ack", "client-individual"),
+                ("receipt", "sub"),
+            ],
+        )
+    };
+    let b = TestBroker::start_in(dir.path(), small).await;
+    for client in ["c1", "c2"] {
+        let mut c = Client::connect(b.stomp, "1.2", &[("client-id", client)]).await;
+        c.send(&sub("10")).await;
+        c.expect_receipt("sub").await;
+        c.disconnect().await;
+    }
+    let mut p = b.connect("1.2").await;
+    for i in 0..N {
+        p.send(&persistent("/topic/feed", &text(i), &format!("r{i}")))
+            .await;
+        p.expect_receipt(&format!("r{i}")).await;
+    }
+    for client in ["c1", "c2"] {
+        let q = b.broker.durable_queue(client, "mine").unwrap();
+        assert_eq!(q.pending_count(), N);
+        assert!(
+            q.memory_usage() <= LIMIT,
+            "{client}: {} bytes held for a 1.5 MiB backlog",
+            q.memory_usage()
+        );
+    }
+    // c1 takes and acknowledges the first half.
+    let mut c = Client::connect(b.stomp, "1.2", &[("client-id", "c1")]).await;
+    c.send(&sub("10")).await;
+    c.expect_receipt("sub").await;
+    let mut got = Vec::new();
+    while got.len() < N / 2 {
+        let m = c.expect_message().await;
+        got.push(body(&m));
+        let mut ack = frame(Command::Ack, &[("id", m.header("ack").unwrap())]);
+        if got.len() == N / 2 {
+            ack = ack.with_header("receipt", "last");
+        }
+        c.send(&ack).await;
+    }
+    loop {
+        if c.recv().await.command == Command::Receipt {
+            break;
+        }
+    }
+    drop(c);
+    drop(p);
+    b.stop().await;
+
+    let b = TestBroker::start_in(dir.path(), small).await;
+    for (client, from) in [("c1", N / 2), ("c2", 0)] {
+        let q = b.broker.durable_queue(client, "mine").unwrap();
+        assert_eq!(q.pending_count(), N - from, "{client}");
+        assert!(q.memory_usage() <= LIMIT, "{client}");
+        let mut c = Client::connect(b.stomp, "1.2", &[("client-id", client)]).await;
+        c.send(&sub("100")).await;
+        c.expect_receipt("sub").await;
+        let mut rest = Vec::new();
+        while rest.len() < N - from {
+            let m = c.expect_message().await;
+            rest.push(body(&m));
+            c.send(&frame(Command::Ack, &[("id", m.header("ack").unwrap())]))
+                .await;
+        }
+        let all: Vec<String> = if client == "c1" {
+            got.iter().chain(rest.iter()).cloned().collect()
+        } else {
+            rest
+        };
+        if let Some(at) = (0..N).find(|&i| all[i] != text(i)) {
+            panic!("{client}: out of order at {at}: got {}", &all[at][..5]);
+        }
+        assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
+        c.disconnect().await;
+    }
+    b.stop().await;
+    // Every record was acknowledged by both: a restart finds none owed.
+    let b = TestBroker::start_in(dir.path(), small).await;
+    for client in ["c1", "c2"] {
+        let q = b.broker.durable_queue(client, "mine").unwrap();
+        assert_eq!(q.pending_count(), 0, "{client}");
+    }
+    b.stop().await;
+}
+
 /// Paged-out messages larger than the in-memory budget still flow one by
 /// one while a consumer's in-flight messages fill the budget.
 #[tokio::test]

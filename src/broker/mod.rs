@@ -861,6 +861,12 @@ impl Broker {
         }
     }
 
+    /// The queue that holds a durable subscription's messages.
+    pub fn durable_queue(&self, client_id: &str, name: &str) -> Option<Arc<Queue>> {
+        let key: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(name));
+        self.durables.get(&key).map(|d| d.queue.clone())
+    }
+
     /// Destroys a durable subscription and its pending messages.
     pub fn remove_durable(&self, client_id: &str, name: &str) -> Result<(), BrokerError> {
         let key: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(name));
@@ -1151,15 +1157,17 @@ impl Broker {
         for (name, ids) in queued {
             self.queue(&name).restore_paged(ids);
         }
-        for (destination, subs, message) in recovered.messages {
-            if destination.is_queue() {
-                self.queue(&destination.name).send(message);
-            } else {
-                for s in subs {
-                    if let Some(d) = by_store_id.get(&s) {
-                        d.queue.send(message.clone());
-                    }
-                }
+        // Each durable subscription reads its messages back as it is
+        // consumed from, as a queue does.
+        let mut owed: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+        for (_, subs, id) in recovered.owed {
+            for s in subs {
+                owed.entry(s).or_default().push(id);
+            }
+        }
+        for (sub, ids) in owed {
+            if let Some(d) = by_store_id.get(&sub) {
+                d.queue.restore_paged(ids);
             }
         }
     }

@@ -208,10 +208,11 @@ impl Queue {
         );
     }
 
-    /// Whether a message may be paged out: a persistent one of a queue (not
-    /// of a durable subscription) with a store.
+    /// Whether a message may be paged out: a persistent one, of a queue or
+    /// of a durable subscription, with a store (its record is in the
+    /// journal before it gets here, or soon after for a queue's send).
     fn pages(&self, m: &Message) -> bool {
-        m.store_id != 0 && self.store.is_some() && self.store_sub.is_none()
+        m.store_id != 0 && self.store.is_some()
     }
 
     /// Reads paged-out messages back while few are pending. Stops at one
@@ -667,7 +668,7 @@ impl Queue {
             let paged: Vec<Op> = st
                 .paged
                 .drain(..)
-                .map(|p| Op::Remove { id: p.store_id })
+                .map(|p| self.removal_of(p.store_id))
                 .collect();
             (freed, paged)
         };
@@ -806,13 +807,16 @@ impl Queue {
         if m.store_id == 0 || self.store.is_none() {
             return None;
         }
-        Some(match self.store_sub {
-            Some(sub) => Op::SubAck {
-                sub,
-                id: m.store_id,
-            },
-            None => Op::Remove { id: m.store_id },
-        })
+        Some(self.removal_of(m.store_id))
+    }
+
+    /// Done with a stored message: removed from a queue; acknowledged by a
+    /// durable subscription (the record stays for the others owed it).
+    fn removal_of(&self, id: u64) -> Op {
+        match self.store_sub {
+            Some(sub) => Op::SubAck { sub, id },
+            None => Op::Remove { id },
+        }
     }
 
     /// The durable subscription this queue is for, if any.

@@ -239,14 +239,20 @@ fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
     })
 }
 
-/// A record as recovery reads it: a queue message is only located and
-/// ordered (its body stays in the journal until its queue pages it in);
-/// everything else is decoded.
+/// A record as recovery reads it: a message is only located and ordered
+/// (its body stays in the journal until its queue or its durable
+/// subscriptions page it in); everything else is decoded.
 enum Replayed {
     Queued {
         id: u64,
         destination: Destination,
         priority: u8,
+    },
+    /// A topic message, with the durable subscriptions it was stored for.
+    Owed {
+        id: u64,
+        destination: Destination,
+        subs: Vec<u64>,
     },
     Op(Op),
 }
@@ -260,7 +266,8 @@ fn replay_op(
         let mut c = Cursor::new(payload);
         let id = c.u64()?;
         let (dkind, name) = c.raw_destination()?;
-        if dkind.is_queue() && c.u32()? == 0 {
+        let n = c.u32()? as usize;
+        if dkind.is_queue() && n == 0 {
             let priority = codec::peek_priority(&mut c)?;
             return Ok(Replayed::Queued {
                 id,
@@ -269,6 +276,21 @@ fn replay_op(
                     name: names.get(name),
                 },
                 priority,
+            });
+        }
+        if !dkind.is_queue() {
+            let mut subs = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                subs.push(c.u64()?);
+            }
+            codec::peek_priority(&mut c)?;
+            return Ok(Replayed::Owed {
+                id,
+                destination: Destination {
+                    kind: dkind,
+                    name: names.get(name),
+                },
+                subs,
             });
         }
     }
@@ -323,9 +345,10 @@ pub struct RecoveredSub {
 #[derive(Default)]
 pub struct Recovered {
     pub subs: Vec<RecoveredSub>,
-    /// Topic messages: (destination, durable subscriptions still owed it,
-    /// message), oldest first.
-    pub messages: Vec<(Destination, Vec<u64>, Arc<Message>)>,
+    /// Topic messages, left in the journal (durable subscriptions page them
+    /// in with [`Store::read_messages`]): (topic, durable subscriptions
+    /// still owed it, store id), oldest first.
+    pub owed: Vec<(Destination, Vec<u64>, u64)>,
     /// Queue messages, left in the journal (queues page them in with
     /// [`Store::read_messages`]): (queue, store id), highest priority first,
     /// oldest first within a priority.
@@ -356,8 +379,20 @@ struct Index {
 impl Index {
     /// A queue message's Add, known only by its id (recovery).
     fn add_queued(&mut self, id: u64, at: Location) {
+        self.add_located(id, Live { at, subs: None });
+    }
+
+    /// A topic message's Add, known by its id and the durable
+    /// subscriptions it was stored for (recovery).
+    fn add_owed(&mut self, id: u64, at: Location, subs: Vec<u64>) {
+        let subs = Some(Box::new(subs.into_iter().collect()));
+        self.add_located(id, Live { at, subs });
+    }
+
+    fn add_located(&mut self, id: u64, live: Live) {
+        let at = live.at;
         *self.records_per_segment.entry(at.segment).or_insert(0) += 1;
-        if let Some(old) = self.messages.insert(id, Live { at, subs: None }) {
+        if let Some(old) = self.messages.insert(id, live) {
             self.live(old.at.segment, -1);
         }
         self.live(at.segment, 1);
@@ -592,7 +627,7 @@ impl Store {
         let (index, mut recovered, max_id) = replay(records);
         recovered.took = started.elapsed();
         info!(
-            messages = recovered.messages.len(),
+            messages = recovered.owed.len() + recovered.queued.len(),
             durable_subscriptions = recovered.subs.len(),
             segments = journal.segments().len(),
             took_ms = recovered.took.as_millis() as u64,
@@ -887,24 +922,8 @@ impl std::hash::Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// Recovered messages share one copy of each destination name and producer
-/// id (a million queued messages usually come from a few of each).
-#[derive(Default)]
-struct SharedNames {
-    destinations: Interner,
-    producers: Interner,
-}
-
-impl SharedNames {
-    fn share(&mut self, destination: &mut Destination, message: &mut Arc<Message>) {
-        self.destinations.one(&mut destination.name);
-        if let Some(m) = Arc::get_mut(message) {
-            self.destinations.one(&mut m.destination.name);
-            self.producers.one(&mut m.id.producer);
-        }
-    }
-}
-
+/// Recovered messages share one copy of each destination name (a million
+/// queued messages usually go to a few destinations).
 #[derive(Default)]
 struct Interner {
     known: HashMap<Arc<str>, ()>,
@@ -932,10 +951,6 @@ impl Interner {
         self.last = Some(shared.clone());
         shared
     }
-
-    fn one(&mut self, name: &mut Arc<str>) {
-        *name = self.get(name);
-    }
 }
 
 /// Rebuilds the live state from the journal's records.
@@ -943,13 +958,13 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     let mut index = Index::default();
     // Most records of a long journal are Adds: no rehashing on the way.
     index.messages.reserve(records.len());
-    let mut messages: BTreeMap<u64, (Destination, Arc<Message>)> = BTreeMap::new();
+    let mut owed: BTreeMap<u64, Destination> = BTreeMap::new();
     let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
     let mut max_id = 0u64;
-    let mut names = SharedNames::default();
+    let mut names = Interner::default();
     let mut queued: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
     for r in records {
-        let replayed = match replay_record(r.kind, &r.payload, &mut names.destinations) {
+        let replayed = match replay_record(r.kind, &r.payload, &mut names) {
             Ok(ops) => ops,
             Err(e) => {
                 // A record that passed its checksum but does not decode was
@@ -959,7 +974,7 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
             }
         };
         for rep in replayed {
-            let mut op = match rep {
+            let op = match rep {
                 Replayed::Queued {
                     id,
                     destination,
@@ -970,25 +985,22 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
                     queued.insert(id, (destination, priority));
                     continue;
                 }
-                Replayed::Op(op) => op,
-            };
-            if let Op::Add {
-                destination,
-                message,
-                ..
-            } = &mut op
-            {
-                names.share(destination, message);
-            }
-            match &op {
-                Op::Add {
+                Replayed::Owed {
                     id,
                     destination,
-                    message,
-                    ..
+                    subs,
                 } => {
+                    max_id = max_id.max(id);
+                    index.add_owed(id, r.location, subs);
+                    owed.insert(id, destination);
+                    continue;
+                }
+                Replayed::Op(op) => op,
+            };
+            match &op {
+                // Every Add is located above, without decoding its message.
+                Op::Add { id, .. } => {
                     max_id = max_id.max(*id);
-                    messages.insert(*id, (destination.clone(), message.clone()));
                 }
                 Op::SubAdd {
                     sub,
@@ -1019,13 +1031,13 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
             index.apply(&op, r.location);
             if let Op::Remove { id } | Op::SubAck { id, .. } = &op {
                 if !index.messages.contains_key(id) {
-                    messages.remove(id);
+                    owed.remove(id);
                     queued.remove(id);
                 }
             }
         }
     }
-    messages.retain(|id, _| index.messages.contains_key(id));
+    owed.retain(|id, _| index.messages.contains_key(id));
     queued.retain(|id, _| index.messages.contains_key(id));
     let mut queued: Vec<(u64, Destination, u8)> =
         queued.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
@@ -1033,10 +1045,10 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     let recovered = Recovered {
         queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
         subs: subs.into_values().collect(),
-        messages: messages
+        owed: owed
             .into_iter()
-            .map(|(id, (d, m))| {
-                let owed = index.messages[&id]
+            .map(|(id, d)| {
+                let subs = index.messages[&id]
                     .subs
                     .as_ref()
                     .map(|s| {
@@ -1045,7 +1057,7 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
                         v
                     })
                     .unwrap_or_default();
-                (d, owed, m)
+                (d, subs, id)
             })
             .collect(),
         took: Duration::ZERO,

@@ -32,8 +32,8 @@ fn add(store: &Store, dest: &Destination, body: &str, subs: Vec<u64>) -> Op {
     }
 }
 
-/// What a restart recovers, with the queue messages (which recovery leaves
-/// in the journal) read back as their queues would page them in.
+/// What a restart recovers, with the messages (which recovery leaves in the
+/// journal) read back as their queues and subscriptions would page them in.
 struct Loaded {
     messages: Vec<(Destination, Vec<u64>, Arc<Message>)>,
     subs: Vec<RecoveredSub>,
@@ -46,17 +46,21 @@ fn load(dir: &std::path::Path) -> (Arc<Store>, Loaded) {
 
 fn load_with(config: StoreConfig) -> (Arc<Store>, Loaded) {
     let (store, r) = Store::open(config).unwrap();
-    let ids: Vec<u64> = r.queued.iter().map(|(_, id)| *id).collect();
-    let mut messages: Vec<_> = r
+    let located: Vec<(Destination, Vec<u64>, u64)> = r
         .queued
         .iter()
+        .map(|(d, id)| (d.clone(), Vec::new(), *id))
+        .chain(r.owed.iter().cloned())
+        .collect();
+    let ids: Vec<u64> = located.iter().map(|(_, _, id)| *id).collect();
+    let messages: Vec<_> = located
+        .into_iter()
         .zip(store.read_messages(&ids))
-        .map(|((d, _), read)| match read {
-            ReadBack::Message(m) => (d.clone(), Vec::new(), m),
+        .map(|((d, subs, _), read)| match read {
+            ReadBack::Message(m) => (d, subs, m),
             other => panic!("a recovered message cannot be read back: {other:?}"),
         })
         .collect();
-    messages.extend(r.messages);
     let loaded = Loaded {
         messages,
         subs: r.subs,
@@ -86,7 +90,7 @@ fn queue_messages_survive_a_restart_until_removed() {
     let q = Destination::queue("q");
     rt().block_on(async {
         let (store, r) = Store::open(config(dir.path())).unwrap();
-        assert!(r.messages.is_empty());
+        assert!(r.queued.is_empty() && r.owed.is_empty());
         let mut ids = Vec::new();
         for i in 0..5 {
             let op = add(&store, &q, &format!("m{i}"), vec![]);

@@ -130,7 +130,7 @@ impl Server {
         let broker = Broker::with_store(core, store);
         if let Some(r) = recovered {
             let took = r.took;
-            let messages = r.messages.len() + r.queued.len();
+            let messages = r.owed.len() + r.queued.len();
             broker.restore(r);
             info!(
                 messages,
