@@ -152,6 +152,7 @@ public final class JmsInteropTests {
         test("noLocalTopicSubscriber", JmsInteropTests::noLocalTopicSubscriber);
         test("messageSelectors", JmsInteropTests::messageSelectors);
         test("durableSubscriberOfflineMessagesAndUnsubscribe", JmsInteropTests::durableSubscriberOfflineMessagesAndUnsubscribe);
+        test("durableSubscriberBacklogLargerThanMemory", JmsInteropTests::durableSubscriberBacklogLargerThanMemory);
         test("durableUnsubscribeUnknownName", JmsInteropTests::durableUnsubscribeUnknownName);
         test("durableUnsubscribeWhileActive", JmsInteropTests::durableUnsubscribeWhileActive);
         test("duplicateClientIdRejected", JmsInteropTests::duplicateClientIdRejected);
@@ -1297,6 +1298,55 @@ public final class JmsInteropTests {
             eq("to the new subscription", text(recv(sub, 5000, "new subscription")), "text");
             sub.close();
             s.unsubscribe(subName);
+        } finally {
+            quietClose(c, pc);
+        }
+    }
+
+    /** An offline durable subscriber's persistent backlog larger than the destination memory limit
+     *  (64 MiB in conf/broker.toml): the publisher is not held up, and the subscriber gets all of it, in
+     *  order, when it comes back (the broker pages it out to the journal and back). */
+    static void durableSubscriberBacklogLargerThanMemory() throws Exception {
+        String t = uniq("topic-backlog");
+        String clientId = uniq("client");
+        int n = 80;
+        int size = 1024 * 1024;
+        Connection c = connect();
+        Connection pc = connect();
+        try {
+            c.setClientID(clientId);
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            s.createDurableSubscriber(s.createTopic(t), "backlog").close();
+            c.close();
+            Session ps = pc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = ps.createProducer(ps.createTopic(t));
+            p.setDeliveryMode(DeliveryMode.PERSISTENT);
+            byte[] body = new byte[size];
+            for (int i = 0; i < n; i++) {
+                Arrays.fill(body, (byte) i);
+                BytesMessage m = ps.createBytesMessage();
+                m.writeBytes(body);
+                m.setIntProperty("n", i);
+                p.send(m); // synchronous: returns once the broker has it stored
+            }
+            c = connect();
+            c.setClientID(clientId);
+            c.start();
+            s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+            TopicSubscriber sub = s.createDurableSubscriber(s.createTopic(t), "backlog");
+            for (int i = 0; i < n; i++) {
+                Message m = recv(sub, 10000, "backlog message " + i);
+                eq(i, m.getIntProperty("n"), "message order");
+                BytesMessage b = (BytesMessage) m;
+                eq((long) size, b.getBodyLength(), "body length of " + i);
+                byte[] got = new byte[size];
+                b.readBytes(got);
+                check(got[0] == (byte) i && got[size - 1] == (byte) i, "body of message " + i);
+                m.acknowledge();
+            }
+            expectNone(sub, 300, "after the backlog");
+            sub.close();
+            s.unsubscribe("backlog");
         } finally {
             quietClose(c, pc);
         }
