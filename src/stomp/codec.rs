@@ -409,27 +409,78 @@ pub fn put_header(out: &mut BytesMut, name: &str, value: &str, escape: Option<Ve
     out.put_u8(b'\n');
 }
 
-fn put_text(out: &mut BytesMut, text: &str, escape: Option<Version>) {
+/// Writes a header line whose name needs no escaping (one of the fixed
+/// header names).
+pub fn put_known_header(
+    out: &mut BytesMut,
+    name: &'static str,
+    value: &str,
+    escape: Option<Version>,
+) {
+    debug_assert!(!name
+        .bytes()
+        .any(|c| matches!(c, b'\\' | b'\n' | b':' | b'\r')));
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(b':');
+    put_text(out, value, escape);
+    out.put_u8(b'\n');
+}
+
+/// Writes a header line with a decimal value (which never needs escaping).
+pub fn put_int_header(out: &mut BytesMut, name: &'static str, value: i64) {
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(b':');
+    put_int(out, value);
+    out.put_u8(b'\n');
+}
+
+/// Writes `v` in decimal, as `Display` does.
+pub fn put_int(out: &mut BytesMut, v: i64) {
+    if v < 0 {
+        out.put_u8(b'-');
+    }
+    put_uint(out, v.unsigned_abs());
+}
+
+/// Writes `v` in decimal, as `Display` does.
+pub fn put_uint(out: &mut BytesMut, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Writes header text, escaping as `escape` requires (1.1 and later: `\\`,
+/// newline and `:`; 1.2 also carriage return): runs without special bytes
+/// are copied whole.
+pub fn put_text(out: &mut BytesMut, text: &str, escape: Option<Version>) {
     let Some(version) = escape.filter(|v| *v >= Version::V1_1) else {
         out.extend_from_slice(text.as_bytes());
         return;
     };
+    let cr = version >= Version::V1_2;
     let bytes = text.as_bytes();
-    let needs =
-        |c: u8| c == b'\\' || c == b'\n' || c == b':' || (c == b'\r' && version >= Version::V1_2);
-    if !bytes.iter().any(|&c| needs(c)) {
-        out.extend_from_slice(bytes);
-        return;
+    let mut copied = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match c {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b':' => b"\\c",
+            b'\r' if cr => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[copied..i]);
+        out.extend_from_slice(escaped);
+        copied = i + 1;
     }
-    for &c in bytes {
-        match c {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b':' => out.extend_from_slice(b"\\c"),
-            b'\r' if version >= Version::V1_2 => out.extend_from_slice(b"\\r"),
-            c => out.put_u8(c),
-        }
-    }
+    out.extend_from_slice(&bytes[copied..]);
 }
 
 /// Encodes one frame, followed by the EOL ActiveMQ writes after every frame.

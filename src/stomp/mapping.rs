@@ -9,7 +9,7 @@
 use crate::broker::destination::{Destination, DestinationKind};
 use crate::broker::message::{BodyKind, Message, MessageId, PropValue};
 use crate::broker::subscription::Delivery;
-use crate::stomp::codec::put_header;
+use crate::stomp::codec::{put_int, put_int_header, put_known_header, put_text, put_uint};
 use crate::stomp::frame::{Frame, Version};
 use bytes::{BufMut, BytesMut};
 use std::fmt::Write as _;
@@ -60,15 +60,18 @@ pub fn temp_name(name: &str) -> Option<(DestinationKind, &str)> {
 
 /// Writes a destination in STOMP form.
 pub fn write_destination(out: &mut String, d: &Destination) {
-    let prefix = match d.kind {
+    out.push_str(destination_prefix(d));
+    out.push_str(&d.name);
+}
+
+fn destination_prefix(d: &Destination) -> &'static str {
+    match d.kind {
         DestinationKind::Queue => "/queue/",
         DestinationKind::Topic => "/topic/",
         // As ActiveMQ shows another connection's temporary destinations.
         DestinationKind::TempQueue => "/remote-temp-queue/",
         DestinationKind::TempTopic => "/remote-temp-topic/",
-    };
-    out.push_str(prefix);
-    out.push_str(&d.name);
+    }
 }
 
 pub fn destination_string(d: &Destination) -> String {
@@ -224,56 +227,63 @@ pub fn encode_message(
     let esc = Some(version);
     out.reserve(256 + m.body.len().min(inline_body_limit));
     out.extend_from_slice(b"MESSAGE\n");
-    let num = |out: &mut BytesMut, name: &str, v: &dyn std::fmt::Display, s: &mut String| {
-        s.clear();
-        let _ = write!(s, "{v}");
-        put_header(out, name, s, esc);
-    };
-    put_header(out, "subscription", subscription, esc);
-    num(out, "message-id", &m.id, scratch);
-    scratch.clear();
-    write_destination(scratch, &m.destination);
-    put_header(out, "destination", scratch, esc);
+    put_known_header(out, "subscription", subscription, esc);
+    // `<producer id>:<sequence>`, the colon escaped as the others are.
+    out.extend_from_slice(b"message-id:");
+    put_text(out, &m.id.producer, esc);
+    put_text(out, ":", esc);
+    put_uint(out, m.id.seq);
+    out.put_u8(b'\n');
+    put_destination_header(out, "destination", &m.destination, esc);
     if ack_mode != AckMode::Auto && version == Version::V1_2 {
-        scratch.clear();
-        write_ack_id(scratch, delivery.consumer, delivery.seq);
-        put_header(out, "ack", scratch, esc);
+        out.extend_from_slice(b"ack:");
+        put_uint(out, delivery.consumer);
+        out.put_u8(b'-');
+        put_uint(out, delivery.seq);
+        out.put_u8(b'\n');
     }
-    num(out, "expires", &m.expiration, scratch);
-    num(out, "priority", &m.priority, scratch);
-    num(out, "timestamp", &m.timestamp, scratch);
+    put_int_header(out, "expires", m.expiration);
+    put_int_header(out, "priority", m.priority as i64);
+    put_int_header(out, "timestamp", m.timestamp);
     if m.persistent {
-        put_header(out, "persistent", "true", esc);
+        put_known_header(out, "persistent", "true", esc);
     }
     if delivery.redelivered() {
-        put_header(out, "redelivered", "true", esc);
+        put_known_header(out, "redelivered", "true", esc);
     }
     if let Some(c) = &m.correlation_id {
-        put_header(out, "correlation-id", c, esc);
+        put_known_header(out, "correlation-id", c, esc);
     }
     if let Some(r) = &m.reply_to {
-        scratch.clear();
-        write_destination(scratch, r);
-        put_header(out, "reply-to", scratch, esc);
+        put_destination_header(out, "reply-to", r, esc);
     }
     if let Some(t) = &m.jms_type {
-        put_header(out, "type", t, esc);
+        put_known_header(out, "type", t, esc);
     }
     if let Some(o) = &m.original_destination {
-        scratch.clear();
-        write_destination(scratch, o);
-        put_header(out, "original-destination", scratch, esc);
+        put_destination_header(out, "original-destination", o, esc);
     }
     for (name, value) in &m.properties {
+        put_text(out, name, esc);
+        out.put_u8(b':');
         match value {
-            PropValue::String(s) => put_header(out, name, s, esc),
-            other => num(out, name, other, scratch),
+            PropValue::String(s) => put_text(out, s, esc),
+            PropValue::Byte(v) => put_int(out, *v as i64),
+            PropValue::Short(v) => put_int(out, *v as i64),
+            PropValue::Int(v) => put_int(out, *v as i64),
+            PropValue::Long(v) => put_int(out, *v),
+            other => {
+                scratch.clear();
+                let _ = write!(scratch, "{other}");
+                put_text(out, scratch, esc);
+            }
         }
+        out.put_u8(b'\n');
     }
     // A text body goes without content-length, as ActiveMQ sends it, unless it
     // holds a NUL that would end the frame early.
     if m.body_kind != BodyKind::Text || memchr::memchr(0, &m.body).is_some() {
-        num(out, "content-length", &m.body.len(), scratch);
+        put_int_header(out, "content-length", m.body.len() as i64);
     }
     out.put_u8(b'\n');
     if m.body.len() > inline_body_limit {
@@ -284,11 +294,26 @@ pub fn encode_message(
     None
 }
 
+/// A header line naming a destination as STOMP clients write it.
+fn put_destination_header(
+    out: &mut BytesMut,
+    name: &'static str,
+    d: &Destination,
+    esc: Option<Version>,
+) {
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(b':');
+    out.extend_from_slice(destination_prefix(d).as_bytes());
+    put_text(out, &d.name, esc);
+    out.put_u8(b'\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stomp::codec::{Item, Limits, StompCodec};
     use crate::stomp::frame::Command;
+    use bytes::Bytes;
     use std::sync::Arc;
     use tokio_util::codec::Decoder;
 
@@ -371,6 +396,132 @@ mod tests {
         assert_eq!(f.header("content-length").unwrap(), "3");
         assert_eq!(&f.body[..], b"a\0b");
         assert!(f.header("receipt").is_none());
+    }
+
+    /// The MESSAGE frame a delivery should give, built as a generic frame
+    /// (every header through the generic encoder's escaping).
+    fn reference_message(
+        subscription: &str,
+        ack_mode: AckMode,
+        version: Version,
+        d: &Delivery,
+    ) -> BytesMut {
+        let m = &d.message;
+        let mut f = Frame::new(Command::Message)
+            .with_header("subscription", subscription)
+            .with_header("message-id", m.id.to_string())
+            .with_header("destination", destination_string(&m.destination));
+        if ack_mode != AckMode::Auto && version == Version::V1_2 {
+            f = f.with_header("ack", format!("{}-{}", d.consumer, d.seq));
+        }
+        f = f
+            .with_header("expires", m.expiration.to_string())
+            .with_header("priority", m.priority.to_string())
+            .with_header("timestamp", m.timestamp.to_string());
+        if m.persistent {
+            f = f.with_header("persistent", "true");
+        }
+        if d.redelivered() {
+            f = f.with_header("redelivered", "true");
+        }
+        if let Some(c) = &m.correlation_id {
+            f = f.with_header("correlation-id", c.as_str());
+        }
+        if let Some(r) = &m.reply_to {
+            f = f.with_header("reply-to", destination_string(r));
+        }
+        if let Some(t) = &m.jms_type {
+            f = f.with_header("type", t.as_str());
+        }
+        if let Some(o) = &m.original_destination {
+            f = f.with_header("original-destination", destination_string(o));
+        }
+        for (name, value) in &m.properties {
+            f = f.with_header(name.as_str(), value.to_string());
+        }
+        if m.body_kind != BodyKind::Text || m.body.contains(&0) {
+            f = f.with_header("content-length", m.body.len().to_string());
+        }
+        let mut out = BytesMut::new();
+        crate::stomp::codec::encode_frame(&f.with_body(m.body.clone()), version, &mut out);
+        out
+    }
+
+    #[test]
+    fn messages_encode_as_generic_frames_do() {
+        use crate::bstr::ByteStr;
+        let odd = |n: &str| Destination::queue(n);
+        let mut plain = Message::new(
+            id(),
+            Destination::topic("t"),
+            BodyKind::Text,
+            Bytes::from("hi"),
+        );
+        plain.expiration = 0;
+        let mut full = Message::new(
+            MessageId {
+                producer: Arc::from("ID:h\\x\ny\rz-1:7:-1:1"),
+                seq: u64::MAX,
+            },
+            odd("a:b\nc\rd\\e"),
+            BodyKind::Bytes,
+            Bytes::from(&b"x\0y"[..]),
+        );
+        full.persistent = true;
+        full.priority = 9;
+        full.expiration = -1;
+        full.timestamp = i64::MIN;
+        full.correlation_id = Some(ByteStr::from("c:1\n"));
+        full.reply_to = Some(Destination::topic("r:\r"));
+        full.jms_type = Some(ByteStr::from("t\\y"));
+        full.original_destination = Some(Destination::queue("o"));
+        full.properties = vec![
+            (
+                ByteStr::from("s:x\r"),
+                PropValue::String(ByteStr::from("v:\n\\\r")),
+            ),
+            (ByteStr::from("b"), PropValue::Bool(true)),
+            (ByteStr::from("y"), PropValue::Byte(-128)),
+            (ByteStr::from("h"), PropValue::Short(i16::MIN)),
+            (ByteStr::from("i"), PropValue::Int(-7)),
+            (ByteStr::from("l"), PropValue::Long(i64::MIN)),
+            (ByteStr::from("l2"), PropValue::Long(0)),
+            (ByteStr::from("f"), PropValue::Float(1.5)),
+            (ByteStr::from("d"), PropValue::Double(-0.25)),
+        ];
+        let text_nul = Message::new(id(), odd("q"), BodyKind::Text, Bytes::from(&b"a\0"[..]));
+        for m in [plain, full, text_nul] {
+            let m = Arc::new(m);
+            for redelivery_count in [0, 3] {
+                let d = Delivery {
+                    message: m.clone(),
+                    consumer: 42,
+                    seq: 1234567,
+                    redelivery_count,
+                };
+                for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
+                    for ack in [AckMode::Auto, AckMode::Client, AckMode::ClientIndividual] {
+                        let mut out = BytesMut::new();
+                        let big = encode_message(
+                            &mut out,
+                            "s:1",
+                            ack,
+                            version,
+                            &d,
+                            &mut String::new(),
+                            1 << 20,
+                        );
+                        assert!(big.is_none());
+                        let want = reference_message("s:1", ack, version, &d);
+                        assert_eq!(
+                            String::from_utf8_lossy(&out),
+                            String::from_utf8_lossy(&want),
+                            "{version:?} {ack:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

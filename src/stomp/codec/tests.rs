@@ -494,3 +494,38 @@ fn frames_already_buffered_are_not_copied() {
         assert!(at >= start && at < end, "the body was copied elsewhere");
     }
 }
+
+#[test]
+fn header_text_is_escaped_as_each_version_requires() {
+    let text = "a:b\nc\\d\re";
+    let put = |v: Option<Version>| {
+        let mut out = BytesMut::new();
+        put_text(&mut out, text, v);
+        String::from_utf8(out.to_vec()).unwrap()
+    };
+    assert_eq!(put(None), text, "CONNECT frames are never escaped");
+    assert_eq!(put(Some(Version::V1_0)), text);
+    assert_eq!(put(Some(Version::V1_1)), "a\\cb\\nc\\\\d\re");
+    assert_eq!(put(Some(Version::V1_2)), "a\\cb\\nc\\\\d\\re");
+    // What is written decodes back to the text, for every version.
+    for v in [Version::V1_1, Version::V1_2] {
+        let mut frame = BytesMut::from(&b"SEND\nh:"[..]);
+        put_text(&mut frame, text, Some(v));
+        frame.extend_from_slice(b"\n\n\0");
+        let mut codec = StompCodec::new(Limits::default());
+        codec.set_version(v);
+        let Some(Item::Frame(f)) = codec.decode(&mut frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.header("h").unwrap(), text, "{v:?}");
+    }
+    let mut n = BytesMut::new();
+    for v in [0, 7, -1, i64::MIN, i64::MAX] {
+        n.clear();
+        put_int(&mut n, v);
+        assert_eq!(&n[..], v.to_string().as_bytes());
+    }
+    n.clear();
+    put_uint(&mut n, u64::MAX);
+    assert_eq!(&n[..], u64::MAX.to_string().as_bytes());
+}
