@@ -13,6 +13,7 @@ use crate::stomp::codec::{put_int, put_int_header, put_known_header, put_text, p
 use crate::stomp::frame::{Frame, Version};
 use bytes::{BufMut, BytesMut};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// A SEND that cannot become a message (a per-frame, non-fatal error).
 #[derive(Debug, PartialEq, Eq)]
@@ -214,13 +215,39 @@ pub fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
 /// Encodes a MESSAGE frame for a delivery straight into the output buffer.
 /// Returns the body separately when it is large, so the caller can write it
 /// without copying it into the buffer.
+/// What a connection's writer keeps between MESSAGE frames: scratch space
+/// and the last producer id it escaped (consecutive messages mostly share
+/// their producer).
+#[derive(Default)]
+pub struct EncodeMemo {
+    scratch: String,
+    producer: Option<(Arc<str>, Version, BytesMut)>,
+}
+
+impl EncodeMemo {
+    /// `<producer id>:` as a message-id header value starts, escaped.
+    fn producer_prefix(&mut self, producer: &Arc<str>, version: Version) -> &[u8] {
+        let fresh = match &self.producer {
+            Some((p, v, _)) => !Arc::ptr_eq(p, producer) || *v != version,
+            None => true,
+        };
+        if fresh {
+            let mut escaped = BytesMut::with_capacity(producer.len() + 8);
+            put_text(&mut escaped, producer, Some(version));
+            put_text(&mut escaped, ":", Some(version));
+            self.producer = Some((producer.clone(), version, escaped));
+        }
+        &self.producer.as_ref().expect("just set").2
+    }
+}
+
 pub fn encode_message(
     out: &mut BytesMut,
     subscription: &str,
     ack_mode: AckMode,
     version: Version,
     delivery: &Delivery,
-    scratch: &mut String,
+    memo: &mut EncodeMemo,
     inline_body_limit: usize,
 ) -> Option<bytes::Bytes> {
     let m = &delivery.message;
@@ -230,8 +257,7 @@ pub fn encode_message(
     put_known_header(out, "subscription", subscription, esc);
     // `<producer id>:<sequence>`, the colon escaped as the others are.
     out.extend_from_slice(b"message-id:");
-    put_text(out, &m.id.producer, esc);
-    put_text(out, ":", esc);
+    out.extend_from_slice(memo.producer_prefix(&m.id.producer, version));
     put_uint(out, m.id.seq);
     out.put_u8(b'\n');
     put_destination_header(out, "destination", &m.destination, esc);
@@ -273,9 +299,9 @@ pub fn encode_message(
             PropValue::Int(v) => put_int(out, *v as i64),
             PropValue::Long(v) => put_int(out, *v),
             other => {
-                scratch.clear();
-                let _ = write!(scratch, "{other}");
-                put_text(out, scratch, esc);
+                memo.scratch.clear();
+                let _ = write!(memo.scratch, "{other}");
+                put_text(out, &memo.scratch, esc);
             }
         }
         out.put_u8(b'\n');
@@ -369,14 +395,13 @@ mod tests {
             redelivery_count: 1,
         };
         let mut out = BytesMut::new();
-        let mut scratch = String::new();
         let big = encode_message(
             &mut out,
             "sub-1",
             AckMode::Client,
             Version::V1_2,
             &delivery,
-            &mut scratch,
+            &mut EncodeMemo::default(),
             1 << 20,
         );
         assert!(big.is_none());
@@ -490,6 +515,9 @@ mod tests {
             (ByteStr::from("d"), PropValue::Double(-0.25)),
         ];
         let text_nul = Message::new(id(), odd("q"), BodyKind::Text, Bytes::from(&b"a\0"[..]));
+        // One memo throughout, as a connection's writer has: it must notice
+        // each change of producer and of version.
+        let mut memo = EncodeMemo::default();
         for m in [plain, full, text_nul] {
             let m = Arc::new(m);
             for redelivery_count in [0, 3] {
@@ -502,15 +530,8 @@ mod tests {
                 for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
                     for ack in [AckMode::Auto, AckMode::Client, AckMode::ClientIndividual] {
                         let mut out = BytesMut::new();
-                        let big = encode_message(
-                            &mut out,
-                            "s:1",
-                            ack,
-                            version,
-                            &d,
-                            &mut String::new(),
-                            1 << 20,
-                        );
+                        let big =
+                            encode_message(&mut out, "s:1", ack, version, &d, &mut memo, 1 << 20);
                         assert!(big.is_none());
                         let want = reference_message("s:1", ack, version, &d);
                         assert_eq!(

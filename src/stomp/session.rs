@@ -724,7 +724,7 @@ impl Session {
             .map(|q| q.browse())
             .unwrap_or_default();
         let now = crate::broker::message::now_millis();
-        let mut scratch = String::new();
+        let mut memo = mapping::EncodeMemo::default();
         for (i, m) in messages.into_iter().enumerate() {
             if m.is_expired(now) || selector.is_some_and(|s| !s.matches(&m)) {
                 continue;
@@ -742,7 +742,7 @@ impl Session {
                 AckMode::Auto,
                 self.version,
                 &delivery,
-                &mut scratch,
+                &mut memo,
                 usize::MAX,
             ) {
                 out.extend_from_slice(&body);
@@ -985,7 +985,7 @@ async fn writer(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
     let mut written: Vec<(Arc<SubCtx>, u64)> = Vec::new();
-    let mut scratch = String::new();
+    let mut memo = mapping::EncodeMemo::default();
     let mut heart_beat: Option<tokio::time::Interval> = None;
     let mut hb_period = Duration::ZERO;
     let mut last_write = Instant::now();
@@ -1043,7 +1043,7 @@ async fn writer(
                 ctx.ack_mode,
                 ctx.version,
                 &delivery,
-                &mut scratch,
+                &mut memo,
                 INLINE_BODY_LIMIT,
             );
             if let Some(body) = big {
