@@ -677,6 +677,9 @@ async fn next_or_stop<T>(
     loop {
         let tick = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
+            // The item first: when it is ready (it mostly is, with frames
+            // buffered) the timer is never registered.
+            biased;
             r = &mut fut => return Some(r),
             _ = tick => {}
             _ = shared.stopped.notified() => {}
