@@ -95,6 +95,34 @@ impl StompClient {
         }
     }
 
+    /// The next frame for a consumer that only counts its messages: a
+    /// MESSAGE is glanced at where it lies in the read buffer (its `header`
+    /// value as a number and its body length) without building a frame;
+    /// anything else comes whole, as [`StompClient::next_frame`] gives it.
+    pub async fn next_glance(&mut self, header: &str) -> io::Result<Result<Glance, Frame>> {
+        loop {
+            match glance(&self.rbuf, header.as_bytes()) {
+                Glanced::Message(g, used) => {
+                    bytes::Buf::advance(&mut self.rbuf, used);
+                    return Ok(Ok(g));
+                }
+                Glanced::Incomplete => {}
+                Glanced::Other => match self.codec.decode(&mut self.rbuf) {
+                    Ok(Some(Item::Frame(f))) => return Ok(Err(f)),
+                    Ok(Some(Item::HeartBeat)) => continue,
+                    Ok(None) => {}
+                    Err(e) => return Err(err(e.to_string())),
+                },
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+        }
+    }
+
     /// Waits for the RECEIPT of `id`; an ERROR is an error.
     pub async fn receipt(&mut self, id: &str) -> io::Result<()> {
         loop {
@@ -121,5 +149,190 @@ impl StompClient {
             .await?;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.receipt("bye")).await;
         Ok(())
+    }
+}
+
+/// What a counting consumer needs of a MESSAGE frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glance {
+    /// The looked-for header's value, when it is there and a number.
+    pub value: Option<u64>,
+    pub body_len: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Glanced {
+    /// A whole MESSAGE frame, and the bytes it took (with any EOLs before it).
+    Message(Glance, usize),
+    /// More bytes are needed to tell.
+    Incomplete,
+    /// Not a MESSAGE in the plain shape (another command, CRLF lines, a
+    /// frame past the size a glance handles): the codec takes it.
+    Other,
+}
+
+/// Frames larger than this are left to the codec (and its limits).
+const GLANCE_MAX: usize = 1 << 20;
+
+/// Looks at the frame at the start of `buf` (after heart-beat EOLs), as the
+/// codec would read it: a MESSAGE with `\n` line ends, the first of a
+/// repeated header winning, a body of `content-length` bytes or up to the
+/// first NUL.
+fn glance(buf: &[u8], header: &[u8]) -> Glanced {
+    let skipped = buf.iter().take_while(|&&b| b == b'\n').count();
+    let rest = &buf[skipped..];
+    const COMMAND: &[u8] = b"MESSAGE\n";
+    if rest.len() < COMMAND.len() {
+        return if COMMAND.starts_with(rest) {
+            Glanced::Incomplete
+        } else {
+            Glanced::Other
+        };
+    }
+    if !rest.starts_with(COMMAND) {
+        return Glanced::Other;
+    }
+    let mut at = COMMAND.len();
+    let mut content_length: Option<usize> = None;
+    let mut value: Option<Option<u64>> = None;
+    loop {
+        let Some(n) = memchr::memchr(b'\n', &rest[at..]) else {
+            return if rest.len() > GLANCE_MAX {
+                Glanced::Other
+            } else {
+                Glanced::Incomplete
+            };
+        };
+        let line = &rest[at..at + n];
+        at += n + 1;
+        if line.is_empty() {
+            break;
+        }
+        if line.ends_with(b"\r") {
+            return Glanced::Other;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return Glanced::Other;
+        };
+        let (name, v) = (&line[..colon], &line[colon + 1..]);
+        if name == b"content-length" && content_length.is_none() {
+            match std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) => content_length = Some(n),
+                None => return Glanced::Other,
+            }
+        } else if name == header && value.is_none() {
+            value = Some(std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()));
+        }
+    }
+    let body_len = match content_length {
+        Some(n) if n > GLANCE_MAX => return Glanced::Other,
+        Some(n) => {
+            if rest.len() <= at + n {
+                return Glanced::Incomplete;
+            }
+            if rest[at + n] != 0 {
+                return Glanced::Other;
+            }
+            n
+        }
+        None => match memchr::memchr(0, &rest[at..]) {
+            Some(n) => n,
+            None if rest.len() > GLANCE_MAX => return Glanced::Other,
+            None => return Glanced::Incomplete,
+        },
+    };
+    Glanced::Message(
+        Glance {
+            value: value.flatten(),
+            body_len,
+        },
+        skipped + at + body_len + 1,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `stream` frame by frame with the codec, and with glances where
+    /// they apply: both must see the same frames, split at the same places.
+    fn agree(stream: &[u8], header: &str) -> usize {
+        let mut codec = StompCodec::new(Limits::default());
+        codec.set_version(Version::V1_2);
+        let mut whole = BytesMut::from(stream);
+        let mut glanced = BytesMut::from(stream);
+        let mut messages = 0;
+        loop {
+            let frame = loop {
+                match codec.decode(&mut whole).unwrap() {
+                    Some(Item::HeartBeat) => continue,
+                    other => break other,
+                }
+            };
+            let Some(Item::Frame(f)) = frame else {
+                // Nothing whole left: the glance must not see a message either.
+                assert!(!matches!(
+                    glance(&glanced, header.as_bytes()),
+                    Glanced::Message(..)
+                ));
+                return messages;
+            };
+            match glance(&glanced, header.as_bytes()) {
+                Glanced::Message(g, used) => {
+                    assert_eq!(f.command, Command::Message);
+                    assert_eq!(g.body_len, f.body.len());
+                    assert_eq!(g.value, f.header(header).and_then(|v| v.parse().ok()));
+                    bytes::Buf::advance(&mut glanced, used);
+                    messages += 1;
+                }
+                Glanced::Other => {
+                    let mut c2 = StompCodec::new(Limits::default());
+                    c2.set_version(Version::V1_2);
+                    let g = loop {
+                        match c2.decode(&mut glanced).unwrap() {
+                            Some(Item::HeartBeat) => continue,
+                            other => break other,
+                        }
+                    };
+                    assert_eq!(g, Some(Item::Frame(f)));
+                }
+                Glanced::Incomplete => panic!("the codec had a whole frame: {f:?}"),
+            }
+            assert_eq!(whole, glanced, "both stopped at the same place");
+        }
+    }
+
+    #[test]
+    fn glances_split_frames_where_the_codec_does() {
+        let stream: &[u8] =
+            b"MESSAGE\nsubscription:1\nmessage-id:ID\\ch-1\\c1\nsent:123\nsent:9\n\nhello\0\n\
+            \n\nMESSAGE\ncontent-length:3\nsent:x\n\na\0b\0\n\
+            RECEIPT\nreceipt-id:r1\n\n\0\
+            MESSAGE\r\nsent:5\r\n\r\nbody\0\
+            MESSAGE\n\n\0\
+            MESSAGE\nsent:7\n\nlast";
+        assert_eq!(agree(stream, "sent"), 3);
+        // Every prefix: a glance never claims a frame the codec does not have.
+        for cut in 0..stream.len() {
+            agree(&stream[..cut], "sent");
+        }
+    }
+
+    #[test]
+    fn the_recorded_stomp_streams_glance_as_they_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol-fixtures/stomp");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.to_string_lossy().into_owned();
+            if name.ends_with(".s2c.bin") && !name.contains(".openwire.") {
+                let bytes = std::fs::read(&path).unwrap();
+                seen += agree(&bytes, "timestamp");
+            }
+        }
+        assert!(seen > 0, "no MESSAGE frames in {}", dir.display());
     }
 }
