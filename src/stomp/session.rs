@@ -254,11 +254,14 @@ impl Session {
         token: &CancellationToken,
     ) -> String {
         let connect_deadline = Instant::now() + self.settings.connect_timeout;
+        // Without heart-beats nothing times out: a far deadline, renewed
+        // when it passes (not read from the clock for every frame).
+        let mut far = connect_deadline + Duration::from_secs(3600);
         loop {
             let deadline = match self.read_timeout {
                 _ if !self.connected => connect_deadline,
                 Some(t) => framed.get_ref().last_read + t,
-                None => Instant::now() + Duration::from_secs(3600),
+                None => far,
             };
             let item = tokio::select! {
                 biased;
@@ -268,9 +271,12 @@ impl Session {
                     if !self.connected {
                         return "no CONNECT frame in time".into();
                     }
-                    if framed.get_ref().last_read + self.read_timeout.unwrap_or_default() <= Instant::now() {
-                        warn!("client missed its heart-beats; closing");
-                        return "missed heart-beats".into();
+                    far = Instant::now() + Duration::from_secs(3600);
+                    if let Some(t) = self.read_timeout {
+                        if framed.get_ref().last_read + t <= Instant::now() {
+                            warn!("client missed its heart-beats; closing");
+                            return "missed heart-beats".into();
+                        }
                     }
                     continue;
                 }
