@@ -304,6 +304,9 @@ impl Session {
         token: &CancellationToken,
     ) -> String {
         let handshake_deadline = Instant::now() + self.settings.handshake_timeout;
+        // Without inactivity monitoring nothing times out: a far deadline,
+        // renewed when it passes.
+        let mut far = handshake_deadline + Duration::from_secs(3600);
         loop {
             let deadline = match &self.negotiated {
                 None => handshake_deadline,
@@ -313,7 +316,7 @@ impl Session {
                             (n.max_inactivity_ms + n.max_inactivity_ms / 3) as u64,
                         )
                 }
-                Some(_) => Instant::now() + Duration::from_secs(3600),
+                Some(_) => far,
             };
             let item = tokio::select! {
                 biased;
@@ -324,8 +327,12 @@ impl Session {
                 }
                 item = framed.next() => item,
                 _ = tokio::time::sleep_until(deadline) => {
-                    if self.negotiated.is_none() {
+                    let Some(n) = &self.negotiated else {
                         return "no WireFormatInfo in time".into();
+                    };
+                    if n.max_inactivity_ms <= 0 {
+                        far = Instant::now() + Duration::from_secs(3600);
+                        continue;
                     }
                     if Instant::now() >= deadline {
                         warn!("no data from the client within the inactivity duration; closing");
