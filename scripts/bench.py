@@ -15,7 +15,7 @@ AMQ = os.path.join(ROOT, "scripts", "activemq-local.sh")
 JARS = ["activemq-client", "geronimo-jms_1.1_spec", "hawtbuf", "slf4j-api", "slf4j-nop",
         "geronimo-j2ee-management-1.1-spec"]
 CP = ":".join(f"/usr/share/java/{j}.jar" for j in JARS)
-REPS = int(os.environ.get("BENCH_REPS", "2"))
+REPS = int(os.environ.get("BENCH_REPS", "5"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 OUT = os.path.join(ROOT, "docs", "bench")
 

@@ -5,7 +5,7 @@
 # docs/bench/chart.svg. Installs what it needs (Java, activemq,
 # libactivemq-java) when missing. Loopback only; every run ends by itself.
 #
-#   scripts/bench.sh                 # the full benchmark (a few minutes)
+#   scripts/bench.sh                 # the full benchmark (5 repetitions, ~15 minutes)
 #   BENCH_REPS=1 BENCH_SCALE=0.3 scripts/bench.sh   # a quick one
 set -euo pipefail
 cd "$(dirname "$0")/.."
