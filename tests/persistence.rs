@@ -708,3 +708,81 @@ async fn recovery_keeps_priority_order() {
     );
     b.stop().await;
 }
+
+/// A durable subscription comes back in priority order too, and one with a
+/// selector is owed only what its selector takes: the rest is not kept for
+/// it (it would never be acknowledged), so a restart cannot bury what it
+/// does take under what it does not.
+#[tokio::test]
+async fn durable_subscriptions_recover_in_priority_order_and_by_selector() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let sub = |name: &str, selector: Option<&str>| {
+        let mut f = frame(
+            Command::Subscribe,
+            &[
+                ("id", name),
+                ("destination", "/topic/prio"),
+                ("activemq.subscriptionName", name),
+                ("receipt", "sub"),
+            ],
+        );
+        if let Some(s) = selector {
+            f = f.with_header("selector", s);
+        }
+        f
+    };
+    let mut c = Client::connect(b.stomp, "1.2", &[("client-id", "d")]).await;
+    for f in [sub("all", None), sub("red", Some("color = 'red'"))] {
+        c.send(&f).await;
+        c.expect_receipt("sub").await;
+    }
+    c.disconnect().await;
+    let mut p = b.connect("1.2").await;
+    let sends = [
+        ("1", "blue"),
+        ("9", "red"),
+        ("5", "blue"),
+        ("9", "blue"),
+        ("1", "red"),
+    ];
+    for (i, (prio, color)) in sends.iter().enumerate() {
+        let r = format!("r{i}");
+        p.send(
+            &frame(
+                Command::Send,
+                &[
+                    ("destination", "/topic/prio"),
+                    ("persistent", "true"),
+                    ("priority", prio),
+                    ("color", color),
+                    ("receipt", &r),
+                ],
+            )
+            .with_body(format!("p{prio}-{i}").into_bytes()),
+        )
+        .await;
+        p.expect_receipt(&r).await;
+    }
+    b.stop().await;
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    assert_eq!(
+        b.broker.durable_queue("d", "all").unwrap().pending_count(),
+        5
+    );
+    assert_eq!(
+        b.broker.durable_queue("d", "red").unwrap().pending_count(),
+        2
+    );
+    let mut c = Client::connect(b.stomp, "1.2", &[("client-id", "d")]).await;
+    c.send(&sub("all", None)).await;
+    c.expect_receipt("sub").await;
+    assert_eq!(
+        drain(&mut c).await,
+        ["p9-1", "p9-3", "p5-2", "p1-0", "p1-4"]
+    );
+    c.send(&sub("red", Some("color = 'red'"))).await;
+    c.expect_receipt("sub").await;
+    assert_eq!(drain(&mut c).await, ["p9-1", "p1-4"]);
+    b.stop().await;
+}

@@ -1018,7 +1018,7 @@ impl Broker {
         let subs = match target {
             Target::Queue(_) => Vec::new(),
             Target::Topic(t) => {
-                let subs = t.durable_sub_ids();
+                let subs = t.durable_sub_ids_for(m);
                 if subs.is_empty() {
                     return None;
                 }

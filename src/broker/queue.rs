@@ -245,6 +245,14 @@ impl Queue {
                         taken += 1;
                     }
                     ReadBack::Unreadable => taken += 1, // logged; nothing to deliver
+                    // A topic message's record is written before it is
+                    // published: not in the journal now means no longer
+                    // owed (it was stored for the subscriptions attached
+                    // then, and they are done with it).
+                    ReadBack::NotWritten if self.store_sub.is_some() => {
+                        tracing::debug!(subscription = %self.destination, store_id = st.paged[taken].store_id, "a paged topic message is no longer in the journal; skipped");
+                        taken += 1;
+                    }
                     ReadBack::NotWritten => {
                         tracing::debug!(queue = %self.destination, store_id = st.paged[taken].store_id, "page-in waits for a record to be written");
                         break;

@@ -20,6 +20,14 @@ pub struct TopicSub {
     pub selector: Option<Arc<crate::broker::selector::Selector>>,
 }
 
+impl TopicSub {
+    /// Whether the subscription takes the message (JMS noLocal, selector).
+    fn takes(&self, message: &Message) -> bool {
+        !(self.no_local && self.connection == message.producer_connection)
+            && self.selector.as_ref().is_none_or(|s| s.matches(message))
+    }
+}
+
 pub struct Topic {
     destination: Destination,
     subs: RwLock<Vec<TopicSub>>,
@@ -43,10 +51,7 @@ impl Topic {
         let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
         let mut full = Vec::new();
         for sub in subs.iter() {
-            if sub.no_local && sub.connection == message.producer_connection {
-                continue;
-            }
-            if sub.selector.as_ref().is_some_and(|s| !s.matches(message)) {
+            if !sub.takes(message) {
                 continue;
             }
             if sub.queue.send(message.clone()) {
@@ -71,12 +76,17 @@ impl Topic {
             .retain(|s| s.id != id);
     }
 
-    /// The store ids of the durable subscriptions attached now.
-    pub fn durable_sub_ids(&self) -> Vec<u64> {
+    /// The store ids of the durable subscriptions attached now that take
+    /// `message` (as [`Topic::publish`] decides): the ones its journal
+    /// record must wait for. (One that does not take it would never
+    /// acknowledge it: the record would stay, and come back to it on a
+    /// restart.)
+    pub fn durable_sub_ids_for(&self, message: &Message) -> Vec<u64> {
         self.subs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
+            .filter(|s| s.takes(message))
             .filter_map(|s| s.queue.store_sub())
             .collect()
     }

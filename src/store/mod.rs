@@ -252,6 +252,7 @@ enum Replayed {
     Owed {
         id: u64,
         destination: Destination,
+        priority: u8,
         subs: Vec<u64>,
     },
     Op(Op),
@@ -283,13 +284,14 @@ fn replay_op(
             for _ in 0..n {
                 subs.push(c.u64()?);
             }
-            codec::peek_priority(&mut c)?;
+            let priority = codec::peek_priority(&mut c)?;
             return Ok(Replayed::Owed {
                 id,
                 destination: Destination {
                     kind: dkind,
                     name: names.get(name),
                 },
+                priority,
                 subs,
             });
         }
@@ -347,7 +349,8 @@ pub struct Recovered {
     pub subs: Vec<RecoveredSub>,
     /// Topic messages, left in the journal (durable subscriptions page them
     /// in with [`Store::read_messages`]): (topic, durable subscriptions
-    /// still owed it, store id), oldest first.
+    /// still owed it, store id), highest priority first, oldest first
+    /// within a priority.
     pub owed: Vec<(Destination, Vec<u64>, u64)>,
     /// Queue messages, left in the journal (queues page them in with
     /// [`Store::read_messages`]): (queue, store id), highest priority first,
@@ -958,7 +961,7 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     let mut index = Index::default();
     // Most records of a long journal are Adds: no rehashing on the way.
     index.messages.reserve(records.len());
-    let mut owed: BTreeMap<u64, Destination> = BTreeMap::new();
+    let mut owed: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
     let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
     let mut max_id = 0u64;
     let mut names = Interner::default();
@@ -988,11 +991,12 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
                 Replayed::Owed {
                     id,
                     destination,
+                    priority,
                     subs,
                 } => {
                     max_id = max_id.max(id);
                     index.add_owed(id, r.location, subs);
-                    owed.insert(id, destination);
+                    owed.insert(id, (destination, priority));
                     continue;
                 }
                 Replayed::Op(op) => op,
@@ -1042,12 +1046,16 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     let mut queued: Vec<(u64, Destination, u8)> =
         queued.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
     queued.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
+    // Subscriptions, as queues, get theirs highest priority first.
+    let mut owed_in_order: Vec<(u64, Destination, u8)> =
+        owed.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
+    owed_in_order.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
     let recovered = Recovered {
         queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
         subs: subs.into_values().collect(),
-        owed: owed
+        owed: owed_in_order
             .into_iter()
-            .map(|(id, d)| {
+            .map(|(id, d, _)| {
                 let subs = index.messages[&id]
                     .subs
                     .as_ref()

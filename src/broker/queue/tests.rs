@@ -393,3 +393,49 @@ fn a_message_group_sticks_to_one_consumer() {
     let survivor = if owner_of_x == 1 { &sb } else { &sa };
     assert!(survivor.bodies().contains(&"x9".to_string()));
 }
+
+/// A durable subscription's paged message whose record is no longer in the
+/// journal (it was stored for the subscriptions attached before this one,
+/// and they are done with it) is skipped, not waited for: the ones behind
+/// it still come.
+#[test]
+fn a_durable_subscription_skips_a_paged_message_no_longer_in_the_journal() {
+    use crate::store::{Op, Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreConfig::new(dir.path().to_path_buf())).unwrap();
+    let topic = Destination::topic("t");
+    let (sub, gone, kept) = (store.next_id(), store.next_id(), store.next_id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut m = Message::clone(&msg(1, "kept", true));
+        m.destination = topic.clone();
+        m.store_id = kept;
+        store
+            .write(vec![Op::Add {
+                id: kept,
+                destination: topic.clone(),
+                subs: vec![sub],
+                message: Arc::new(m),
+            }])
+            .await
+            .unwrap();
+    });
+    let q = Queue::new(
+        topic,
+        1 << 20,
+        true,
+        std::sync::Weak::new(),
+        Some(Persistence {
+            store: store.clone(),
+            sub: Some(sub),
+        }),
+    );
+    q.restore_paged(vec![gone, kept]);
+    let (c, sink) = consumer(1, 10);
+    q.add_consumer(c);
+    assert_eq!(sink.bodies(), ["kept"]);
+    assert_eq!(q.pending_count(), 0);
+    store.close();
+}
