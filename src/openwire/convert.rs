@@ -109,9 +109,26 @@ fn inflate(data: &[u8]) -> Result<Vec<u8>, ConvertError> {
 #[derive(Default)]
 pub struct IdMemo {
     last: Option<(Arc<Struct>, Arc<str>)>,
+    /// The last destination read, likewise.
+    destination: Option<(Arc<Struct>, Destination)>,
 }
 
 impl IdMemo {
+    /// The destination a structure names (`None` when it names none).
+    pub fn destination(&mut self, v: &Value) -> Option<Destination> {
+        let Value::Obj(d) = v else {
+            return None;
+        };
+        if let Some((s, dest)) = &self.destination {
+            if Arc::ptr_eq(s, d) || **s == **d {
+                return Some(dest.clone());
+            }
+        }
+        let dest = destination_from(d)?;
+        self.destination = Some((d.clone(), dest.clone()));
+        Some(dest)
+    }
+
     /// `None` when `id` is not a structure.
     pub fn get(&mut self, id: &Value) -> Option<Arc<str>> {
         let Value::Obj(id) = id else {
@@ -135,9 +152,8 @@ pub fn message_from_struct(
     producers: &mut IdMemo,
 ) -> Result<Message, ConvertError> {
     let f = &s.fields;
-    let destination = f[msg::DESTINATION]
-        .as_struct()
-        .and_then(destination_from)
+    let destination = producers
+        .destination(&f[msg::DESTINATION])
         .ok_or_else(|| ConvertError("message without a destination".into()))?;
     let id = match f[msg::MESSAGE_ID].as_struct() {
         Some(mid) => MessageId {
@@ -231,6 +247,15 @@ pub fn message_from_struct(
         m.jms_type = Some(ByteStr::from(t.as_str()));
     }
     m.reply_to = f[msg::REPLY_TO].as_struct().and_then(destination_from);
+    let map = match &f[msg::PROPERTIES] {
+        Value::Bytes(p) => decode_map(p)
+            .map_err(|e| ConvertError(format!("bad message properties: {e}")))?
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    // Sized once: queued messages keep their properties for long.
+    let group = matches!(f[msg::GROUP_ID], Value::Str(_));
+    m.properties = Vec::with_capacity(map.len() + if group { 2 } else { 0 });
     if let Value::Str(g) = &f[msg::GROUP_ID] {
         m.properties.push((
             ByteStr::from_static("JMSXGroupID"),
@@ -241,32 +266,28 @@ pub fn message_from_struct(
                 .push((ByteStr::from_static("JMSXGroupSeq"), PropValue::Int(seq)));
         }
     }
-    if let Value::Bytes(p) = &f[msg::PROPERTIES] {
-        let map = decode_map(p)
-            .map_err(|e| ConvertError(format!("bad message properties: {e}")))?
-            .unwrap_or_default();
-        for (k, v) in map {
-            let v = match v {
-                MapValue::Bool(b) => PropValue::Bool(b),
-                MapValue::Byte(b) => PropValue::Byte(b),
-                MapValue::Short(s) => PropValue::Short(s),
-                MapValue::Char(c) => PropValue::Short(c as i16),
-                MapValue::Int(i) => PropValue::Int(i),
-                MapValue::Long(l) => PropValue::Long(l),
-                MapValue::Float(x) => PropValue::Float(x),
-                MapValue::Double(x) => PropValue::Double(x),
-                MapValue::String(s) => PropValue::String(ByteStr::from(s)),
-                // Not JMS property types: keep nothing rather than guess.
-                _ => continue,
-            };
-            m.properties.push((ByteStr::from(k), v));
-        }
+    for (k, v) in map {
+        let v = match v {
+            MapValue::Bool(b) => PropValue::Bool(b),
+            MapValue::Byte(b) => PropValue::Byte(b),
+            MapValue::Short(s) => PropValue::Short(s),
+            MapValue::Char(c) => PropValue::Short(c as i16),
+            MapValue::Int(i) => PropValue::Int(i),
+            MapValue::Long(l) => PropValue::Long(l),
+            MapValue::Float(x) => PropValue::Float(x),
+            MapValue::Double(x) => PropValue::Double(x),
+            MapValue::String(s) => PropValue::String(ByteStr::from(s)),
+            // Not JMS property types: keep nothing rather than guess.
+            _ => continue,
+        };
+        m.properties.push((ByteStr::from(k), v));
     }
     if let Some(orig) = f[msg::ORIGINAL_DESTINATION].as_struct() {
         m.original_destination = destination_from(orig);
     }
-    // Queued messages keep their properties for long: no spare capacity.
-    m.properties.shrink_to_fit();
+    if m.properties.capacity() > m.properties.len() {
+        m.properties.shrink_to_fit(); // some were not JMS property types
+    }
     Ok(m)
 }
 
