@@ -28,6 +28,28 @@ fn persistent(dest: &str, body: &str, receipt: &str) -> ferromq::stomp::frame::F
     .with_body(body.as_bytes().to_vec())
 }
 
+/// Sends `p<prio>-<i>` persistent with that priority (and `extra` headers),
+/// and waits for its receipt.
+async fn send_with_priority(
+    p: &mut Client,
+    dest: &str,
+    i: usize,
+    prio: &str,
+    extra: &[(&str, &str)],
+) {
+    let r = format!("r{i}");
+    let mut headers = vec![
+        ("destination", dest),
+        ("persistent", "true"),
+        ("priority", prio),
+        ("receipt", r.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    p.send(&frame(Command::Send, &headers).with_body(format!("p{prio}-{i}").into_bytes()))
+        .await;
+    p.expect_receipt(&r).await;
+}
+
 async fn drain(c: &mut Client) -> Vec<String> {
     let mut got = Vec::new();
     while let Some(f) = c.recv_within(Duration::from_millis(500)).await {
@@ -682,21 +704,7 @@ async fn recovery_keeps_priority_order() {
     let b = TestBroker::start_in(dir.path(), |_| {}).await;
     let mut p = b.connect("1.2").await;
     for (i, prio) in ["1", "9", "5", "9", "1"].iter().enumerate() {
-        let r = format!("r{i}");
-        p.send(
-            &frame(
-                Command::Send,
-                &[
-                    ("destination", "/queue/prio"),
-                    ("persistent", "true"),
-                    ("priority", prio),
-                    ("receipt", &r),
-                ],
-            )
-            .with_body(format!("p{prio}-{i}").into_bytes()),
-        )
-        .await;
-        p.expect_receipt(&r).await;
+        send_with_priority(&mut p, "/queue/prio", i, prio, &[]).await;
     }
     b.stop().await;
     let b = TestBroker::start_in(dir.path(), |_| {}).await;
@@ -747,22 +755,7 @@ async fn durable_subscriptions_recover_in_priority_order_and_by_selector() {
         ("1", "red"),
     ];
     for (i, (prio, color)) in sends.iter().enumerate() {
-        let r = format!("r{i}");
-        p.send(
-            &frame(
-                Command::Send,
-                &[
-                    ("destination", "/topic/prio"),
-                    ("persistent", "true"),
-                    ("priority", prio),
-                    ("color", color),
-                    ("receipt", &r),
-                ],
-            )
-            .with_body(format!("p{prio}-{i}").into_bytes()),
-        )
-        .await;
-        p.expect_receipt(&r).await;
+        send_with_priority(&mut p, "/topic/prio", i, prio, &[("color", color)]).await;
     }
     b.stop().await;
     let b = TestBroker::start_in(dir.path(), |_| {}).await;

@@ -77,6 +77,18 @@ impl StompClient {
         self.flush().await
     }
 
+    /// Reads what the socket has into the read buffer; the end of the
+    /// stream is an error (a frame was expected).
+    async fn read_more(&mut self) -> io::Result<()> {
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        Ok(())
+    }
+
     /// The next frame (heart-beats skipped); an error frame is returned too.
     pub async fn next_frame(&mut self) -> io::Result<Frame> {
         loop {
@@ -86,12 +98,7 @@ impl StompClient {
                 Ok(None) => {}
                 Err(e) => return Err(err(e.to_string())),
             }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ));
-            }
+            self.read_more().await?;
         }
     }
 
@@ -114,12 +121,7 @@ impl StompClient {
                     Err(e) => return Err(err(e.to_string())),
                 },
             }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ));
-            }
+            self.read_more().await?;
         }
     }
 
