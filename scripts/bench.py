@@ -17,7 +17,7 @@ JARS = ["activemq-client", "geronimo-jms_1.1_spec", "hawtbuf", "slf4j-api", "slf
 CP = ":".join(f"/usr/share/java/{j}.jar" for j in JARS)
 REPS = int(os.environ.get("BENCH_REPS", "5"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
-OUT = os.path.join(ROOT, "docs", "bench")
+OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "docs", "bench"))
 
 
 def free_port():
@@ -321,6 +321,8 @@ def main():
                 entry = {"key": w["key"], "title": w["title"], "protocol": proto, "metric": w["metric"]}
                 for name in runs:
                     entry[name] = {k: median([r[k] for r in runs[name]]) for k in runs[name][0]}
+                    # Every repetition's figure, for the spread.
+                    entry[name]["runs"] = [r[w["metric"]] for r in runs[name]]
                 f, a = entry["ferromq"][w["metric"]], entry["activemq"][w["metric"]]
                 if f and a:
                     entry["ratio"] = (a / f) if w["metric"].endswith("_us") else (f / a)
@@ -351,8 +353,8 @@ def main():
              f"A/B alternated, {REPS} repetition(s), medians; each run on a quiet machine with the other broker paused. "
              f"Scale {SCALE}. Clients: `ferromq producer/consumer` "
              "for STOMP, the stock ActiveMQ JMS client (`bench/java/JmsLoad.java`) for OpenWire.", "",
-             "| workload | protocol | ferromq | ActiveMQ | ratio | broker CPU s/100k: ferromq, ActiveMQ (ratio) |",
-             "|---|---|---|---|---|---|"]
+             "| workload | protocol | ferromq | ActiveMQ | ratio | broker CPU s/100k: ferromq, ActiveMQ (ratio) | repetitions: ferromq; ActiveMQ (min–max) |",
+             "|---|---|---|---|---|---|---|"]
     chart = []
     for w in results["workloads"]:
         m = w["metric"]
@@ -361,8 +363,10 @@ def main():
         ratio = w.get("ratio")
         fc, ac = w["ferromq"]["cpu_s_per_100k"], w["activemq"]["cpu_s_per_100k"]
         cpu_cell = f"{fc:.2f}, {ac:.2f} ({ac / fc:.1f}× less)" if fc and ac else "–"
+        spread = "; ".join(f"{min(w[n]['runs']):,.0f}–{max(w[n]['runs']):,.0f}" for n in ("ferromq", "activemq"))
         lines.append(f"| {w['title']} | {w['protocol']} | {fv:,.0f} {unit} | {av:,.0f} {unit} | "
-                     f"{ratio:.2f}× | {cpu_cell} |" if ratio else f"| {w['title']} | {w['protocol']} | {fv} | {av} | – | {cpu_cell} |")
+                     f"{ratio:.2f}× | {cpu_cell} | {spread} |" if ratio
+                     else f"| {w['title']} | {w['protocol']} | {fv} | {av} | – | {cpu_cell} | {spread} |")
         if ratio:
             chart.append({"label": f"{w['key']} ({w['protocol']})", "ratio": ratio})
     lines += ["", "| per broker | ferromq | ActiveMQ | ratio |", "|---|---|---|---|",

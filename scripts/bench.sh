@@ -6,7 +6,7 @@
 # libactivemq-java) when missing. Loopback only; every run ends by itself.
 #
 #   scripts/bench.sh                 # the full benchmark (5 repetitions, ~15 minutes)
-#   BENCH_REPS=1 BENCH_SCALE=0.3 scripts/bench.sh   # a quick one
+#   BENCH_REPS=1 BENCH_SCALE=0.3 BENCH_OUT=/tmp/b scripts/bench.sh   # a quick one, elsewhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
