@@ -467,6 +467,67 @@ async fn durable_subscription_backlogs_page_out_and_back_in_order() {
     b.stop().await;
 }
 
+/// A consumer that asks for an enormous prefetch and does not acknowledge
+/// cannot pull a paged backlog into memory: past the budget it gets one more
+/// message only once it has none in flight; it still gets them all, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_prefetch_does_not_pull_a_paged_backlog_into_memory() {
+    const LIMIT: usize = 256 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |c| c.limits.destination_memory_limit = LIMIT).await;
+    let mut p = b.connect("1.2").await;
+    let big = |i: usize| format!("{i:03}{}", "z".repeat(16 * 1024));
+    for i in 0..200 {
+        p.send(&persistent("/queue/greedy", &big(i), &format!("r{i}")))
+            .await;
+        p.expect_receipt(&format!("r{i}")).await;
+    }
+    let q = b.broker.queue("greedy");
+    let mut c = b.connect("1.2").await;
+    c.subscribe(
+        "s",
+        "/queue/greedy",
+        "client-individual",
+        &[("activemq.prefetchSize", "2000000000")],
+    )
+    .await;
+    // More keeps coming (each send is a chance to dispatch): what the
+    // consumer is sent without acknowledging stays within the budget.
+    for i in 200..300 {
+        p.send(&persistent("/queue/greedy", &big(i), &format!("r{i}")))
+            .await;
+        p.expect_receipt(&format!("r{i}")).await;
+    }
+    let mut got = Vec::new();
+    while let Some(f) = c.recv_within(Duration::from_millis(500)).await {
+        got.push(f);
+    }
+    assert!(
+        !got.is_empty() && got.len() < 50,
+        "{} sent unacknowledged",
+        got.len()
+    );
+    assert!(
+        q.memory_usage() <= LIMIT,
+        "{} bytes in memory for a {LIMIT} limit",
+        q.memory_usage()
+    );
+    // Acknowledging one by one, it gets the rest, in order.
+    let mut n = 0;
+    let mut pending: std::collections::VecDeque<_> = got.into();
+    while n < 300 {
+        let f = match pending.pop_front() {
+            Some(f) => f,
+            None => c.expect_message().await,
+        };
+        assert_eq!(body(&f), big(n));
+        c.send(&frame(Command::Ack, &[("id", f.header("ack").unwrap())]))
+            .await;
+        n += 1;
+    }
+    assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
+}
+
 /// Paged-out messages larger than the in-memory budget still flow one by
 /// one while a consumer's in-flight messages fill the budget.
 #[tokio::test]

@@ -227,9 +227,18 @@ impl Queue {
             // In chunks, so that large messages past the budget are not read
             // for nothing; over the budget (in-flight messages count, and
             // their acks may not be released yet) one at a time while none
-            // is pending, so that consumers always get the next one.
+            // is pending, and only for a consumer that has nothing in flight:
+            // every consumer still gets its next message, and what consumers
+            // hold past the budget is at most one message each (a consumer
+            // with a large prefetch that does not ack cannot pull the backlog
+            // into memory).
             let over = self.memory.load(Ordering::Relaxed) >= budget;
-            if over && !st.pending.is_empty() {
+            let someone_idle = st.consumers.is_empty()
+                || st
+                    .consumers
+                    .iter()
+                    .any(|c| c.has_credit() && c.in_flight.is_empty());
+            if over && (!st.pending.is_empty() || !someone_idle) {
                 return;
             }
             let chunk = if over { 1 } else { PAGE_CHUNK };
@@ -550,7 +559,7 @@ impl Queue {
         let dead = {
             let mut st = self.lock();
             if let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
-                slot.spec.prefetch = prefetch;
+                slot.spec.prefetch = prefetch.min(crate::broker::subscription::MAX_PREFETCH);
             }
             self.dispatch(&mut st)
         };

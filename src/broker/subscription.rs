@@ -79,8 +79,14 @@ pub(crate) struct ConsumerSlot {
     pub dead: bool,
 }
 
+/// The largest prefetch a consumer gets, whatever it asks for (ActiveMQ's
+/// `ActiveMQPrefetchPolicy.MAX_PREFETCH_SIZE`): what one consumer may hold
+/// unacknowledged is bounded.
+pub const MAX_PREFETCH: u32 = 32767;
+
 impl ConsumerSlot {
-    pub fn new(spec: ConsumerSpec) -> Self {
+    pub fn new(mut spec: ConsumerSpec) -> Self {
+        spec.prefetch = spec.prefetch.min(MAX_PREFETCH);
         ConsumerSlot {
             spec,
             in_flight: VecDeque::new(),
