@@ -36,6 +36,37 @@ async fn handshake_broker_info_and_connection_registration() {
     c.send(Struct::new(schema::KEEP_ALIVE_INFO).with("responseRequired", Value::Bool(true)))
         .await;
     c.expect(schema::KEEP_ALIVE_INFO).await;
+    // A second connection on the same socket is refused; its client id is
+    // not taken (another connection may have it).
+    let second = Struct::new(schema::CONNECTION_INFO)
+        .with("responseRequired", Value::Bool(true))
+        .with(
+            "connectionId",
+            common::ow::id(
+                schema::CONNECTION_ID,
+                &[("value", Value::str("ID:other-1"))],
+            ),
+        )
+        .with("clientId", Value::str("second-client"));
+    let cid = c.send(second).await;
+    let r = c.expect(schema::EXCEPTION_RESPONSE).await;
+    assert_eq!(r.int("correlationId"), cid);
+    let mut other = OwClient::connect(b.auto, 30_000).await;
+    let info = Struct::new(schema::CONNECTION_INFO)
+        .with("responseRequired", Value::Bool(true))
+        .with(
+            "connectionId",
+            common::ow::id(
+                schema::CONNECTION_ID,
+                &[("value", Value::str("ID:other-2"))],
+            ),
+        )
+        .with("clientId", Value::str("second-client"));
+    let cid = other.send(info).await;
+    assert_eq!(
+        other.expect(schema::RESPONSE).await.int("correlationId"),
+        cid
+    );
 }
 
 #[tokio::test]

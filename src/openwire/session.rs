@@ -224,7 +224,8 @@ struct Session {
     client_id: Option<String>,
     sessions: HashSet<i64>,
     consumers: HashMap<String, ConsumerEntry>,
-    producers: HashMap<String, i32>,
+    /// Producers with a window: (session, window size), by id.
+    producers: HashMap<String, (i64, i32)>,
     txs: HashMap<String, Transaction>,
     targets: HashMap<Destination, Target>,
     shutdown_requested: bool,
@@ -473,14 +474,31 @@ impl Session {
             schema::CONNECTION_INFO => self.on_connection_info(&c).await,
             schema::SESSION_INFO => {
                 if let Some(sid) = c.obj("sessionId") {
+                    if self.sessions.len() >= MAX_SESSIONS {
+                        return Err(JmsError::new(
+                            "javax.jms.ResourceAllocationException",
+                            format!("A connection may have at most {MAX_SESSIONS} sessions"),
+                        ));
+                    }
                     self.sessions.insert(sid.long("value"));
                 }
                 Ok(Reply::Done)
             }
             schema::CONSUMER_INFO => self.on_consumer_info(&c).await,
             schema::PRODUCER_INFO => {
-                let id = c.obj("producerId").map(id_string).unwrap_or_default();
-                self.producers.insert(id, c.int("windowSize"));
+                // Only producers with a window are remembered: they are sent
+                // a ProducerAck for each message.
+                let window = c.int("windowSize");
+                if let (Some(pid), true) = (c.obj("producerId"), window > 0) {
+                    if self.producers.len() >= MAX_SESSIONS {
+                        return Err(JmsError::new(
+                            "javax.jms.ResourceAllocationException",
+                            format!("A connection may have at most {MAX_SESSIONS} producers with a window"),
+                        ));
+                    }
+                    self.producers
+                        .insert(id_string(pid), (pid.long("sessionId"), window));
+                }
                 Ok(Reply::Done)
             }
             t if schema::is_message(t) => self.on_message(c).await,
@@ -536,8 +554,17 @@ impl Session {
             .and_then(|id| id.str("value"))
             .ok_or_else(|| JmsError::jms("ConnectionInfo without a connection id"))?
             .to_string();
-        if self.connection_id.as_deref() == Some(connection_id.as_str()) {
-            return Ok(Reply::Done); // replayed after failover
+        match self.connection_id.as_deref() {
+            Some(id) if id == connection_id => return Ok(Reply::Done), // replayed after failover
+            Some(id) => {
+                // One logical connection per socket here: a second would
+                // take a client id that the first never gives back.
+                return Err(JmsError::new(
+                    "javax.jms.IllegalStateException",
+                    format!("This transport already carries connection {id}"),
+                ));
+            }
+            None => {}
         }
         if let Some(client_id) = c.str("clientId") {
             self.broker.register_client_id(
@@ -748,9 +775,9 @@ impl Session {
                 ));
             }
             t.ops.push(TxOp::Send(target, Box::new(message)));
+            self.producer_ack(&c).await;
             return Ok(Reply::Done);
         }
-        let size = message.memory_size();
         let full = self
             .broker
             .send(&target, message)
@@ -776,19 +803,34 @@ impl Session {
             // An asynchronous send: stop reading this producer until there is room.
             q.wait_for_space().await;
         }
-        if !c.response_required() {
-            let windowed = match self.producer_memo.get(&c.fields[msg::PRODUCER_ID]) {
-                Some(id) => self.producers.get(&*id).is_some_and(|w| *w > 0),
-                None => false,
-            };
-            if let (true, Some(pid)) = (windowed, c.fields[msg::PRODUCER_ID].as_struct()) {
-                let ack = Struct::new(schema::PRODUCER_ACK)
-                    .with("producerId", Value::obj(pid.clone()))
-                    .with("size", Value::Int(size as i32));
-                self.send(ack).await;
-            }
-        }
+        self.producer_ack(&c).await;
         Ok(Reply::Done)
+    }
+
+    /// An asynchronous send of a producer with a window is acknowledged
+    /// with a ProducerAck once taken, giving back what the client counted
+    /// against its window for it: ActiveMQ's `Message.getSize()` (1024, plus
+    /// the marshalled properties and content), never less.
+    async fn producer_ack(&mut self, c: &Struct) {
+        if c.response_required() {
+            return;
+        }
+        let windowed = match self.producer_memo.get(&c.fields[msg::PRODUCER_ID]) {
+            Some(id) => self.producers.contains_key(&*id),
+            None => false,
+        };
+        let (true, Some(pid)) = (windowed, c.fields[msg::PRODUCER_ID].as_struct()) else {
+            return;
+        };
+        let wire_len = |v: &Value| match v {
+            Value::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        let size = 1024 + wire_len(&c.fields[msg::CONTENT]) + wire_len(&c.fields[msg::PROPERTIES]);
+        let ack = Struct::new(schema::PRODUCER_ACK)
+            .with("producerId", Value::obj(pid.clone()))
+            .with("size", Value::Int(size.min(i32::MAX as usize) as i32));
+        self.send(ack).await;
     }
 
     /// A MessageAck from the fast decoder: as [`Session::on_command`] does
@@ -1008,6 +1050,9 @@ impl Session {
                         self.end_consumer(e, None, false);
                     }
                 }
+                // The Java client closes a session's producers without a
+                // RemoveInfo of their own.
+                self.producers.retain(|_, (s, _)| *s != session);
                 self.sessions.remove(&session);
                 Ok(Reply::Done)
             }
@@ -1175,6 +1220,7 @@ const WRITE_BATCH: usize = 256;
 /// without bound.
 const MAX_CONSUMERS: usize = 10_000;
 const MAX_TRANSACTIONS: usize = 1024;
+const MAX_SESSIONS: usize = 10_000;
 
 /// The writer task: sends our WireFormatInfo at once, then every frame the
 /// session queues and every delivery the core dispatches.

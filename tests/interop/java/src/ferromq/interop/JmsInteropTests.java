@@ -126,6 +126,7 @@ public final class JmsInteropTests {
         // basic messaging
         test("queueProducerAndListenerConsumer", JmsInteropTests::queueProducerAndListenerConsumer);
         test("topicPublisherTwoSubscribers", JmsInteropTests::topicPublisherTwoSubscribers);
+        test("producerWindowGetsProducerAcks", JmsInteropTests::producerWindowGetsProducerAcks);
         // message types and properties
         test("textMessageRoundTrip", JmsInteropTests::textMessageRoundTrip);
         test("bytesMessageRoundTrip", JmsInteropTests::bytesMessageRoundTrip);
@@ -1349,6 +1350,47 @@ public final class JmsInteropTests {
             s.unsubscribe("backlog");
         } finally {
             quietClose(c, pc);
+        }
+    }
+
+    /** A producer with a window (jms.producerWindowSize) sends asynchronously and waits for the
+     *  broker's ProducerAcks once the window is full: many times the window goes through, from
+     *  producers of sessions opened and closed in turn on one connection, and inside a transaction. */
+    static void producerWindowGetsProducerAcks() throws Exception {
+        String q = uniq("queue-window");
+        Connection pc = connect("jms.producerWindowSize=8192");
+        Connection cc = started(connect());
+        try {
+            byte[] body = new byte[1024];
+            for (int round = 0; round < 3; round++) {
+                Session ps = pc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+                MessageProducer p = ps.createProducer(ps.createQueue(q));
+                p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+                for (int i = 0; i < 100; i++) {
+                    BytesMessage m = ps.createBytesMessage();
+                    m.writeBytes(body);
+                    m.setIntProperty("n", round * 100 + i);
+                    p.send(m); // blocks once 8 KiB are unacknowledged by the broker
+                }
+                ps.close();
+            }
+            // Sends inside a transaction are asynchronous too.
+            Session ts = pc.createSession(true, Session.SESSION_TRANSACTED);
+            MessageProducer tp = ts.createProducer(ts.createQueue(q));
+            for (int i = 300; i < 400; i++) {
+                BytesMessage m = ts.createBytesMessage();
+                m.writeBytes(body);
+                m.setIntProperty("n", i);
+                tp.send(m);
+            }
+            ts.commit();
+            Session cs = cc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer c = cs.createConsumer(cs.createQueue(q));
+            for (int i = 0; i < 400; i++) {
+                eq(i, recv(c, 5000, "message " + i).getIntProperty("n"), "order");
+            }
+        } finally {
+            quietClose(pc, cc);
         }
     }
 
