@@ -840,3 +840,46 @@ async fn durable_subscriptions_recover_in_priority_order_and_by_selector() {
     assert_eq!(drain(&mut c).await, ["p9-1", "p1-4"]);
     b.stop().await;
 }
+
+/// A commit runs to the end even when its caller stops waiting (a
+/// connection whose socket fails right after COMMIT): its sends are routed
+/// now, not only after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_caller_stops_waiting_still_takes_effect() {
+    use ferromq::broker::destination::Destination;
+    use ferromq::broker::message::{BodyKind, Message, MessageId};
+    use ferromq::broker::transaction::{Transaction, TxOp};
+    use std::sync::Arc;
+    let b = TestBroker::start().await;
+    let dest = Destination::queue("cancelled-commit");
+    let target = b.broker.target(&dest);
+    let mut tx = Transaction::default();
+    for seq in 0..3 {
+        let mut m = Message::new(
+            MessageId {
+                producer: Arc::from("ID:test-1:1:1:1"),
+                seq,
+            },
+            dest.clone(),
+            BodyKind::Text,
+            bytes::Bytes::from(format!("m{seq}")),
+        );
+        m.persistent = true;
+        tx.ops.push(TxOp::Send(target.clone(), Box::new(m)));
+    }
+    assert!(b.broker.store().is_some());
+    // Polled once (the journal write is under way), then dropped.
+    let early = futures_util::FutureExt::now_or_never(b.broker.commit(tx));
+    assert!(
+        early.is_none(),
+        "the commit was not waiting for the journal"
+    );
+    let q = b.broker.queue("cancelled-commit");
+    for _ in 0..100 {
+        if q.pending_count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(q.pending_count(), 3, "the committed sends were not routed");
+}

@@ -1081,16 +1081,39 @@ impl Broker {
                 q.kick();
                 Ok(full)
             }
+            // Published once durable, even if the caller stops waiting
+            // (its connection failed): a stored message is never left
+            // unpublished until a restart.
             _ => {
-                store.write(vec![op]).await?;
-                Ok(target.send(Arc::new(message)))
+                let written = store.start_write(vec![op]);
+                let target = target.clone();
+                tokio::spawn(async move {
+                    written.await?;
+                    Ok(target.send(Arc::new(message)))
+                })
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Io(format!("send did not finish: {e}"))))
             }
         }
     }
 
     /// Commits a transaction: its persistent sends and its acknowledgements
-    /// go to the journal in one record, then take effect.
+    /// go to the journal in one record, then take effect. It runs to the end
+    /// even if the caller stops waiting (its connection failed half-way):
+    /// what the journal records is always what takes effect.
     pub async fn commit(
+        &self,
+        tx: transaction::Transaction,
+    ) -> Result<Vec<Arc<Queue>>, StoreError> {
+        match self.me.upgrade() {
+            Some(me) => tokio::spawn(async move { me.commit_now(tx).await })
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Io(format!("commit did not finish: {e}")))),
+            None => self.commit_now(tx).await,
+        }
+    }
+
+    async fn commit_now(
         &self,
         tx: transaction::Transaction,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
