@@ -131,3 +131,57 @@ async fn no_wire_format_info_in_time_closes() {
         }
     }
 }
+
+/// A temporary destination belongs to the connection that made it: another
+/// may neither take its name nor delete it.
+#[tokio::test]
+async fn another_connection_cannot_take_or_delete_a_temporary_destination() {
+    let b = TestBroker::start().await;
+    let temp = || {
+        common::ow::id(
+            schema::ACTIVEMQ_TEMP_QUEUE,
+            &[("physicalName", Value::str("ID:owner-1:1:1"))],
+        )
+    };
+    let info = |op: i8| {
+        Struct::new(schema::DESTINATION_INFO)
+            .with("responseRequired", Value::Bool(true))
+            .with("destination", temp())
+            .with("operationType", Value::Byte(op))
+    };
+    let register = |conn: &str| {
+        Struct::new(schema::CONNECTION_INFO)
+            .with("responseRequired", Value::Bool(true))
+            .with(
+                "connectionId",
+                common::ow::id(schema::CONNECTION_ID, &[("value", Value::str(conn))]),
+            )
+    };
+    let mut owner = OwClient::connect(b.auto, 30_000).await;
+    let mut other = OwClient::connect(b.auto, 30_000).await;
+    for (c, conn) in [(&mut owner, "ID:owner-1"), (&mut other, "ID:other-1")] {
+        let cid = c.send(register(conn)).await;
+        assert_eq!(c.expect(schema::RESPONSE).await.int("correlationId"), cid);
+    }
+    let cid = owner.send(info(0)).await;
+    assert_eq!(
+        owner.expect(schema::RESPONSE).await.int("correlationId"),
+        cid
+    );
+    for op in [0, 1] {
+        let cid = other.send(info(op)).await;
+        let r = other.expect(schema::EXCEPTION_RESPONSE).await;
+        assert_eq!(r.int("correlationId"), cid, "operation {op}");
+    }
+    let cid = owner.send(info(1)).await;
+    assert_eq!(
+        owner.expect(schema::RESPONSE).await.int("correlationId"),
+        cid
+    );
+    // Gone: now the name is free for anyone.
+    let cid = other.send(info(0)).await;
+    assert_eq!(
+        other.expect(schema::RESPONSE).await.int("correlationId"),
+        cid
+    );
+}

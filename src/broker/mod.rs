@@ -75,6 +75,8 @@ pub enum BrokerError {
     NoSuchTempTopic(String),
     #[error("Destination still has an active subscription: {0}")]
     TempInUse(String),
+    #[error("The temporary destination {0} belongs to another connection")]
+    TempNotOwned(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -367,16 +369,36 @@ impl Broker {
     }
 
     /// Creates a temporary destination owned by a connection and announces it.
-    pub fn create_temp(&self, destination: &Destination, owner: u64, connection_id: &str) {
-        let fresh = !self.temps.contains_key(destination);
-        self.temps.insert(
-            destination.clone(),
-            TempDestination {
-                owner,
-                connection_id: Arc::from(connection_id),
-                destination: destination.clone(),
-            },
-        );
+    /// Whether connection `owner` owns this temporary destination.
+    pub fn owns_temp(&self, destination: &Destination, owner: u64) -> bool {
+        self.temps
+            .get(destination)
+            .is_some_and(|t| t.owner == owner)
+    }
+
+    /// Creates a temporary destination owned by connection `owner`; `false`
+    /// when it already had it. Refused when another connection owns that
+    /// name.
+    pub fn create_temp(
+        &self,
+        destination: &Destination,
+        owner: u64,
+        connection_id: &str,
+    ) -> Result<bool, BrokerError> {
+        let fresh = match self.temps.entry(destination.clone()) {
+            dashmap::Entry::Occupied(e) if e.get().owner != owner => {
+                return Err(BrokerError::TempNotOwned(destination.to_string()));
+            }
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(TempDestination {
+                    owner,
+                    connection_id: Arc::from(connection_id),
+                    destination: destination.clone(),
+                });
+                true
+            }
+        };
         if destination.is_queue() {
             self.queue_of(destination);
         } else {
@@ -385,10 +407,15 @@ impl Broker {
         if fresh {
             self.advise_temp(destination, connection_id, true);
         }
+        Ok(fresh)
     }
 
-    /// Deletes a temporary destination; refused while it has consumers.
-    pub fn delete_temp(&self, destination: &Destination) -> Result<(), BrokerError> {
+    /// Deletes a temporary destination for connection `by`; refused while it
+    /// has consumers, and when another connection owns it.
+    pub fn delete_temp(&self, destination: &Destination, by: u64) -> Result<(), BrokerError> {
+        if self.temps.get(destination).is_some_and(|t| t.owner != by) {
+            return Err(BrokerError::TempNotOwned(destination.to_string()));
+        }
         let in_use = if destination.is_queue() {
             self.find_queue(&destination.name)
                 .is_some_and(|q| q.consumer_count() > 0)

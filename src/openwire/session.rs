@@ -138,7 +138,9 @@ impl From<BrokerError> for JmsError {
                 )
             }
             BrokerError::Invalid(_) => "javax.jms.InvalidDestinationException",
-            BrokerError::DurableInUse | BrokerError::TempInUse(_) => "javax.jms.JMSException",
+            BrokerError::DurableInUse
+            | BrokerError::TempInUse(_)
+            | BrokerError::TempNotOwned(_) => "javax.jms.JMSException",
         };
         JmsError::new(class, e.to_string())
     }
@@ -224,6 +226,8 @@ struct Session {
     client_id: Option<String>,
     sessions: HashSet<i64>,
     consumers: HashMap<String, ConsumerEntry>,
+    /// Temporary destinations this connection created and has not deleted.
+    temps: usize,
     /// Producers with a window: (session, window size), by id.
     producers: HashMap<String, (i64, i32)>,
     txs: HashMap<String, Transaction>,
@@ -282,6 +286,7 @@ pub async fn serve(
         sessions: HashSet::from([-1]),
         consumers: HashMap::new(),
         producers: HashMap::new(),
+        temps: 0,
         txs: HashMap::new(),
         targets: HashMap::new(),
         shutdown_requested: false,
@@ -1150,11 +1155,23 @@ impl Session {
         let add = c.byte("operationType") == 0;
         if destination.kind.is_temporary() {
             if add {
+                if self.temps >= MAX_TEMPS && !self.broker.owns_temp(&destination, self.connection)
+                {
+                    return Err(JmsError::new(
+                        "javax.jms.ResourceAllocationException",
+                        format!("A connection may have at most {MAX_TEMPS} temporary destinations"),
+                    ));
+                }
                 let conn = self.connection_id.clone().unwrap_or_default();
-                self.broker
-                    .create_temp(&destination, self.connection, &conn);
+                if self
+                    .broker
+                    .create_temp(&destination, self.connection, &conn)?
+                {
+                    self.temps += 1;
+                }
             } else {
-                self.broker.delete_temp(&destination)?;
+                self.broker.delete_temp(&destination, self.connection)?;
+                self.temps = self.temps.saturating_sub(1);
                 self.targets.remove(&destination);
             }
         } else if add {
@@ -1221,6 +1238,7 @@ const WRITE_BATCH: usize = 256;
 const MAX_CONSUMERS: usize = 10_000;
 const MAX_TRANSACTIONS: usize = 1024;
 const MAX_SESSIONS: usize = 10_000;
+const MAX_TEMPS: usize = 1024;
 
 /// The writer task: sends our WireFormatInfo at once, then every frame the
 /// session queues and every delivery the core dispatches.

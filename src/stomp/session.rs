@@ -459,7 +459,8 @@ impl Session {
             format!("{}:{}", self.connection_name, self.temps.len() + 1),
         );
         self.broker
-            .create_temp(&d, self.connection, &self.connection_name);
+            .create_temp(&d, self.connection, &self.connection_name)
+            .map_err(|e| ProtocolError::soft(e.to_string()))?;
         self.temps.insert(own.trim().to_string(), d.clone());
         Ok(d)
     }
@@ -556,7 +557,8 @@ impl Session {
                 "A subscription with id '{stomp_id}' already exists on this connection"
             )));
         }
-        if self.subs.len() >= self.settings.max_subscriptions {
+        // Browsers count too: their ids stay until UNSUBSCRIBE.
+        if self.subs.len() + self.browsers.len() >= self.settings.max_subscriptions {
             return Err(ProtocolError::soft(format!(
                 "Too many subscriptions on this connection (limit {})",
                 self.settings.max_subscriptions
