@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A ConnectionInfo asking for a response, without a client id.
+fn connection_info(conn: &str) -> Struct {
+    Struct::new(schema::CONNECTION_INFO)
+        .with("responseRequired", Value::Bool(true))
+        .with(
+            "connectionId",
+            common::ow::id(schema::CONNECTION_ID, &[("value", Value::str(conn))]),
+        )
+}
+
 #[tokio::test]
 async fn handshake_broker_info_and_connection_registration() {
     let b = TestBroker::start().await;
@@ -38,31 +48,15 @@ async fn handshake_broker_info_and_connection_registration() {
     c.expect(schema::KEEP_ALIVE_INFO).await;
     // A second connection on the same socket is refused; its client id is
     // not taken (another connection may have it).
-    let second = Struct::new(schema::CONNECTION_INFO)
-        .with("responseRequired", Value::Bool(true))
-        .with(
-            "connectionId",
-            common::ow::id(
-                schema::CONNECTION_ID,
-                &[("value", Value::str("ID:other-1"))],
-            ),
-        )
-        .with("clientId", Value::str("second-client"));
-    let cid = c.send(second).await;
+    let cid = c
+        .send(connection_info("ID:other-1").with("clientId", Value::str("second-client")))
+        .await;
     let r = c.expect(schema::EXCEPTION_RESPONSE).await;
     assert_eq!(r.int("correlationId"), cid);
     let mut other = OwClient::connect(b.auto, 30_000).await;
-    let info = Struct::new(schema::CONNECTION_INFO)
-        .with("responseRequired", Value::Bool(true))
-        .with(
-            "connectionId",
-            common::ow::id(
-                schema::CONNECTION_ID,
-                &[("value", Value::str("ID:other-2"))],
-            ),
-        )
-        .with("clientId", Value::str("second-client"));
-    let cid = other.send(info).await;
+    let cid = other
+        .send(connection_info("ID:other-2").with("clientId", Value::str("second-client")))
+        .await;
     assert_eq!(
         other.expect(schema::RESPONSE).await.int("correlationId"),
         cid
@@ -149,18 +143,10 @@ async fn another_connection_cannot_take_or_delete_a_temporary_destination() {
             .with("destination", temp())
             .with("operationType", Value::Byte(op))
     };
-    let register = |conn: &str| {
-        Struct::new(schema::CONNECTION_INFO)
-            .with("responseRequired", Value::Bool(true))
-            .with(
-                "connectionId",
-                common::ow::id(schema::CONNECTION_ID, &[("value", Value::str(conn))]),
-            )
-    };
     let mut owner = OwClient::connect(b.auto, 30_000).await;
     let mut other = OwClient::connect(b.auto, 30_000).await;
     for (c, conn) in [(&mut owner, "ID:owner-1"), (&mut other, "ID:other-1")] {
-        let cid = c.send(register(conn)).await;
+        let cid = c.send(connection_info(conn)).await;
         assert_eq!(c.expect(schema::RESPONSE).await.int("correlationId"), cid);
     }
     let cid = owner.send(info(0)).await;
