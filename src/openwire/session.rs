@@ -1078,6 +1078,8 @@ impl Session {
             w.closed = true;
             w.last_written
         };
+        self.outbox
+            .remove_where(|(ctx, _)| Arc::ptr_eq(ctx, &entry.ctx));
         if let Some(sub) = &entry.sub {
             let delivered = match reported {
                 Some(r) => r.max(entry.delivered_upto),

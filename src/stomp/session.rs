@@ -774,6 +774,8 @@ impl Session {
             w.closed = true;
             w.last_written
         };
+        self.outbox
+            .remove_where(|(ctx, _)| Arc::ptr_eq(ctx, &entry.ctx));
         self.broker.unsubscribe(
             &entry.sub,
             delivered_upto,

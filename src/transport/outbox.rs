@@ -81,6 +81,14 @@ impl<T> Outbox<T> {
         self.ready.notified().await
     }
 
+    /// Drops the queued items `gone` picks (a consumer that ended: the
+    /// writer would skip them, and they may wait long on a client that does
+    /// not read).
+    pub fn remove_where(&self, gone: impl Fn(&T) -> bool) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.items.retain(|i| !gone(i));
+    }
+
     /// Refuses further pushes and drops what is queued; returns it.
     pub fn close(&self) -> Vec<T> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,6 +121,8 @@ mod tests {
         let o = Outbox::new();
         assert!(o.push(1));
         assert!(o.push(2));
+        assert!(o.push(7));
+        o.remove_where(|i| *i == 7);
         let mut out = Vec::new();
         o.drain_into(&mut out, 1);
         assert_eq!(out, vec![1]);
