@@ -171,3 +171,40 @@ async fn another_connection_cannot_take_or_delete_a_temporary_destination() {
         cid
     );
 }
+
+/// Synchronous sends past a destination's memory limit wait for room
+/// (their Responses are held back); a client that pipelines them cannot pile
+/// up more than a bounded number before the broker stops reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_synchronous_sends_past_the_memory_limit_are_bounded() {
+    use ferromq::broker::destination::Destination;
+    use ferromq::broker::message::{BodyKind, Message, MessageId};
+    use ferromq::openwire::convert::message_to_struct;
+    let b = TestBroker::start_with(|c| c.limits.destination_memory_limit = 64 * 1024).await;
+    let mut c = OwClient::connect(b.auto, 30_000).await;
+    c.register().await;
+    let sender = tokio::spawn(async move {
+        for seq in 0..1500u64 {
+            let m = Message::new(
+                MessageId {
+                    producer: std::sync::Arc::from(format!("{}:1:1", common::ow::CONN)),
+                    seq,
+                },
+                Destination::queue("pipelined"),
+                BodyKind::Text,
+                bytes::Bytes::from(vec![b'p'; 1024]),
+            );
+            let s = message_to_struct(&m, 0, 0, 0, &mut Default::default())
+                .with("responseRequired", Value::Bool(true));
+            c.send(s).await; // not waiting for the Responses
+        }
+        c
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let queued = b.broker.queue("pipelined").pending_count();
+    assert!(
+        queued < 1200,
+        "{queued} pipelined sends taken past the limit"
+    );
+    sender.abort();
+}

@@ -228,6 +228,9 @@ struct Session {
     consumers: HashMap<String, ConsumerEntry>,
     /// Temporary destinations this connection created and has not deleted.
     temps: usize,
+    /// Responses to synchronous sends waiting for room (aborted with the
+    /// connection).
+    parked: tokio::task::JoinSet<()>,
     /// Producers with a window: (session, window size), by id.
     producers: HashMap<String, (i64, i32)>,
     txs: HashMap<String, Transaction>,
@@ -287,6 +290,7 @@ pub async fn serve(
         consumers: HashMap::new(),
         producers: HashMap::new(),
         temps: 0,
+        parked: tokio::task::JoinSet::new(),
         txs: HashMap::new(),
         targets: HashMap::new(),
         shutdown_requested: false,
@@ -791,10 +795,17 @@ impl Session {
         if !full.is_empty() && c.response_required() {
             // Producer flow control for a synchronous send: its Response
             // waits for room, but the connection keeps being read (its own
-            // consumers' acks are what make room), as ActiveMQ parks it.
+            // consumers' acks are what make room), as ActiveMQ parks it. Up
+            // to MAX_PARKED at a time (a Java client has one per producer
+            // thread): past that, reading waits for the oldest, so that a
+            // client cannot pile sends past the limit by pipelining them.
+            while self.parked.try_join_next().is_some() {}
+            while self.parked.len() >= MAX_PARKED {
+                self.parked.join_next().await;
+            }
             let control = self.control.clone();
             let correlation = c.command_id();
-            tokio::spawn(async move {
+            self.parked.spawn(async move {
                 for q in full {
                     q.wait_for_space().await;
                 }
@@ -1205,6 +1216,7 @@ impl Session {
         let dropped = !self.shutdown_requested;
         self.release(dropped);
         self.outbox.close();
+        self.parked.abort_all();
     }
 }
 
@@ -1241,6 +1253,8 @@ const MAX_CONSUMERS: usize = 10_000;
 const MAX_TRANSACTIONS: usize = 1024;
 const MAX_SESSIONS: usize = 10_000;
 const MAX_TEMPS: usize = 1024;
+/// Synchronous sends whose Response waits for room, per connection.
+const MAX_PARKED: usize = 1024;
 
 /// The writer task: sends our WireFormatInfo at once, then every frame the
 /// session queues and every delivery the core dispatches.
