@@ -243,17 +243,13 @@ fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
 /// (its body stays in the journal until its queue or its durable
 /// subscriptions page it in); everything else is decoded.
 enum Replayed {
-    Queued {
+    /// A message, located only: with the durable subscriptions it was stored
+    /// for when it is a topic's (`None` for a queue's).
+    Located {
         id: u64,
         destination: Destination,
         priority: u8,
-    },
-    /// A topic message, with the durable subscriptions it was stored for.
-    Owed {
-        id: u64,
-        destination: Destination,
-        priority: u8,
-        subs: Vec<u64>,
+        subs: Option<Vec<u64>>,
     },
     Op(Op),
 }
@@ -268,24 +264,14 @@ fn replay_op(
         let id = c.u64()?;
         let (dkind, name) = c.raw_destination()?;
         let n = c.u32()? as usize;
-        if dkind.is_queue() && n == 0 {
+        // (A queue's Add never lists subscriptions; one that did would be
+        // decoded whole below, as anything unexpected is.)
+        if !dkind.is_queue() || n == 0 {
+            let subs = (!dkind.is_queue())
+                .then(|| (0..n).map(|_| c.u64()).collect::<Result<Vec<_>, _>>())
+                .transpose()?;
             let priority = codec::peek_priority(&mut c)?;
-            return Ok(Replayed::Queued {
-                id,
-                destination: Destination {
-                    kind: dkind,
-                    name: names.get(name),
-                },
-                priority,
-            });
-        }
-        if !dkind.is_queue() {
-            let mut subs = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                subs.push(c.u64()?);
-            }
-            let priority = codec::peek_priority(&mut c)?;
-            return Ok(Replayed::Owed {
+            return Ok(Replayed::Located {
                 id,
                 destination: Destination {
                     kind: dkind,
@@ -380,20 +366,13 @@ struct Index {
 }
 
 impl Index {
-    /// A queue message's Add, known only by its id (recovery).
-    fn add_queued(&mut self, id: u64, at: Location) {
-        self.add_located(id, Live { at, subs: None });
-    }
-
-    /// A topic message's Add, known by its id and the durable
-    /// subscriptions it was stored for (recovery).
-    fn add_owed(&mut self, id: u64, at: Location, subs: Vec<u64>) {
-        let subs = Some(Box::new(subs.into_iter().collect()));
-        self.add_located(id, Live { at, subs });
-    }
-
-    fn add_located(&mut self, id: u64, live: Live) {
-        let at = live.at;
+    /// A message's Add known only by where it is (recovery), with the
+    /// durable subscriptions it was stored for when it is a topic's.
+    fn add_located(&mut self, id: u64, at: Location, subs: Option<Vec<u64>>) {
+        let live = Live {
+            at,
+            subs: subs.map(|s| Box::new(s.into_iter().collect())),
+        };
         *self.records_per_segment.entry(at.segment).or_insert(0) += 1;
         if let Some(old) = self.messages.insert(id, live) {
             self.live(old.at.segment, -1);
@@ -961,11 +940,11 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
     let mut index = Index::default();
     // Most records of a long journal are Adds: no rehashing on the way.
     index.messages.reserve(records.len());
-    let mut owed: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
+    // Messages left in the journal: where they go, and their priority.
+    let mut located: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
     let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
     let mut max_id = 0u64;
     let mut names = Interner::default();
-    let mut queued: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
     for r in records {
         let replayed = match replay_record(r.kind, &r.payload, &mut names) {
             Ok(ops) => ops,
@@ -978,25 +957,15 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
         };
         for rep in replayed {
             let op = match rep {
-                Replayed::Queued {
-                    id,
-                    destination,
-                    priority,
-                } => {
-                    max_id = max_id.max(id);
-                    index.add_queued(id, r.location);
-                    queued.insert(id, (destination, priority));
-                    continue;
-                }
-                Replayed::Owed {
+                Replayed::Located {
                     id,
                     destination,
                     priority,
                     subs,
                 } => {
                     max_id = max_id.max(id);
-                    index.add_owed(id, r.location, subs);
-                    owed.insert(id, (destination, priority));
+                    index.add_located(id, r.location, subs);
+                    located.insert(id, (destination, priority));
                     continue;
                 }
                 Replayed::Op(op) => op,
@@ -1035,25 +1004,22 @@ fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
             index.apply(&op, r.location);
             if let Op::Remove { id } | Op::SubAck { id, .. } = &op {
                 if !index.messages.contains_key(id) {
-                    owed.remove(id);
-                    queued.remove(id);
+                    located.remove(id);
                 }
             }
         }
     }
-    owed.retain(|id, _| index.messages.contains_key(id));
-    queued.retain(|id, _| index.messages.contains_key(id));
-    let mut queued: Vec<(u64, Destination, u8)> =
-        queued.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
-    queued.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
-    // Subscriptions, as queues, get theirs highest priority first.
-    let mut owed_in_order: Vec<(u64, Destination, u8)> =
-        owed.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
-    owed_in_order.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
+    located.retain(|id, _| index.messages.contains_key(id));
+    // Queues and subscriptions get theirs highest priority first, oldest
+    // first within a priority.
+    let mut located: Vec<(u64, Destination, u8)> =
+        located.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
+    located.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
+    let (queued, owed): (Vec<_>, Vec<_>) = located.into_iter().partition(|(_, d, _)| d.is_queue());
     let recovered = Recovered {
         queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
         subs: subs.into_values().collect(),
-        owed: owed_in_order
+        owed: owed
             .into_iter()
             .map(|(id, d, _)| {
                 let subs = index.messages[&id]
