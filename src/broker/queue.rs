@@ -233,12 +233,14 @@ impl Queue {
             // with a large prefetch that does not ack cannot pull the backlog
             // into memory).
             let over = self.memory.load(Ordering::Relaxed) >= budget;
-            let someone_idle = st.consumers.is_empty()
-                || st
-                    .consumers
-                    .iter()
-                    .any(|c| c.has_credit() && c.in_flight.is_empty());
-            if over && (!st.pending.is_empty() || !someone_idle) {
+            let someone_idle = |st: &QueueState| {
+                st.consumers.is_empty()
+                    || st
+                        .consumers
+                        .iter()
+                        .any(|c| c.has_credit() && c.in_flight.is_empty())
+            };
+            if over && (!st.pending.is_empty() || !someone_idle(st)) {
                 return;
             }
             let chunk = if over { 1 } else { PAGE_CHUNK };
