@@ -50,6 +50,20 @@ async fn send_with_priority(
     p.expect_receipt(&r).await;
 }
 
+/// Sends `body(i)` persistent for each `i`, each confirmed by its receipt.
+async fn send_confirmed(
+    p: &mut Client,
+    dest: &str,
+    range: std::ops::Range<usize>,
+    body: impl Fn(usize) -> String,
+) {
+    for i in range {
+        let r = format!("r{i}");
+        p.send(&persistent(dest, &body(i), &r)).await;
+        p.expect_receipt(&r).await;
+    }
+}
+
 async fn drain(c: &mut Client) -> Vec<String> {
     let mut got = Vec::new();
     while let Some(f) = c.recv_within(Duration::from_millis(500)).await {
@@ -285,11 +299,7 @@ async fn a_persistent_backlog_larger_than_memory_pages_out_and_back_in_order() {
     let text = |i: usize| format!("{i:05}-{}", "x".repeat(1024));
     let b = TestBroker::start_in(dir.path(), small).await;
     let mut p = b.connect("1.2").await;
-    for i in 0..N {
-        p.send(&persistent("/queue/backlog", &text(i), &format!("r{i}")))
-            .await;
-        p.expect_receipt(&format!("r{i}")).await;
-    }
+    send_confirmed(&mut p, "/queue/backlog", 0..N, text).await;
     // Non-persistent messages still count against the limit, in memory.
     p.send_text("/queue/backlog", "transient", Some("t")).await;
     let q = b.broker.queue("backlog");
@@ -394,11 +404,7 @@ async fn durable_subscription_backlogs_page_out_and_back_in_order() {
         c.disconnect().await;
     }
     let mut p = b.connect("1.2").await;
-    for i in 0..N {
-        p.send(&persistent("/topic/feed", &text(i), &format!("r{i}")))
-            .await;
-        p.expect_receipt(&format!("r{i}")).await;
-    }
+    send_confirmed(&mut p, "/topic/feed", 0..N, text).await;
     for client in ["c1", "c2"] {
         let q = b.broker.durable_queue(client, "mine").unwrap();
         assert_eq!(q.pending_count(), N);
@@ -477,11 +483,7 @@ async fn a_huge_prefetch_does_not_pull_a_paged_backlog_into_memory() {
     let b = TestBroker::start_in(dir.path(), |c| c.limits.destination_memory_limit = LIMIT).await;
     let mut p = b.connect("1.2").await;
     let big = |i: usize| format!("{i:03}{}", "z".repeat(16 * 1024));
-    for i in 0..200 {
-        p.send(&persistent("/queue/greedy", &big(i), &format!("r{i}")))
-            .await;
-        p.expect_receipt(&format!("r{i}")).await;
-    }
+    send_confirmed(&mut p, "/queue/greedy", 0..200, big).await;
     let q = b.broker.queue("greedy");
     let mut c = b.connect("1.2").await;
     c.subscribe(
@@ -493,11 +495,7 @@ async fn a_huge_prefetch_does_not_pull_a_paged_backlog_into_memory() {
     .await;
     // More keeps coming (each send is a chance to dispatch): what the
     // consumer is sent without acknowledging stays within the budget.
-    for i in 200..300 {
-        p.send(&persistent("/queue/greedy", &big(i), &format!("r{i}")))
-            .await;
-        p.expect_receipt(&format!("r{i}")).await;
-    }
+    send_confirmed(&mut p, "/queue/greedy", 200..300, big).await;
     let mut got = Vec::new();
     while let Some(f) = c.recv_within(Duration::from_millis(500)).await {
         got.push(f);
@@ -539,11 +537,7 @@ async fn large_paged_messages_keep_flowing_past_the_memory_budget() {
     .await;
     let mut p = b.connect("1.2").await;
     let big = |i: usize| format!("{i:03}{}", "y".repeat(16 * 1024));
-    for i in 0..40 {
-        p.send(&persistent("/queue/big", &big(i), &format!("r{i}")))
-            .await;
-        p.expect_receipt(&format!("r{i}")).await;
-    }
+    send_confirmed(&mut p, "/queue/big", 0..40, big).await;
     let mut c = b.connect("1.2").await;
     c.subscribe(
         "s",
