@@ -107,19 +107,44 @@ pub struct Message {
     pub expiration: i64,
     /// Milliseconds since the epoch, set when the producer sent it.
     pub timestamp: i64,
-    pub correlation_id: Option<ByteStr>,
-    pub reply_to: Option<Destination>,
-    pub jms_type: Option<ByteStr>,
+    /// The headers most messages do not have, boxed apart (see [`Extras`]):
+    /// read them with [`Message::extras`], set them with
+    /// [`Message::extras_mut`].
+    extras: Option<Box<Extras>>,
     /// Which broker connection produced it (for `noLocal`).
     pub producer_connection: u64,
-    /// Set on a copy moved to a dead-letter queue: where it was first sent.
-    pub original_destination: Option<Destination>,
-    /// What an advisory message is about (ActiveMQ's advisory topics).
-    pub advisory: Option<Arc<Advisory>>,
     /// A JMS text message whose text is null (not empty).
     pub null_body: bool,
     /// Its id in the persistent store; 0 when it is not stored.
     pub store_id: u64,
+}
+
+/// A message's rarely set headers. Kept out of line: a queued message's
+/// footprint is mostly fixed-size parts (a backlog of small messages is
+/// dominated by them), and these would add 120 bytes to every one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras {
+    pub correlation_id: Option<ByteStr>,
+    pub reply_to: Option<Destination>,
+    pub jms_type: Option<ByteStr>,
+    /// Set on a copy moved to a dead-letter queue: where it was first sent.
+    pub original_destination: Option<Destination>,
+    /// What an advisory message is about (ActiveMQ's advisory topics).
+    pub advisory: Option<Arc<Advisory>>,
+}
+
+impl Extras {
+    const NONE: Extras = Extras {
+        correlation_id: None,
+        reply_to: None,
+        jms_type: None,
+        original_destination: None,
+        advisory: None,
+    };
+
+    fn is_empty(&self) -> bool {
+        *self == Extras::NONE
+    }
 }
 
 /// The subject of an advisory message; protocols render it (OpenWire as the
@@ -161,15 +186,26 @@ impl Message {
             priority: DEFAULT_PRIORITY,
             expiration: 0,
             timestamp: now_millis(),
-            correlation_id: None,
-            reply_to: None,
-            jms_type: None,
+            extras: None,
             producer_connection: 0,
-            original_destination: None,
-            advisory: None,
             null_body: false,
             store_id: 0,
         }
+    }
+
+    /// The rarely set headers (all `None` for most messages).
+    pub fn extras(&self) -> &Extras {
+        self.extras.as_deref().unwrap_or(&Extras::NONE)
+    }
+
+    /// The rarely set headers, for setting one.
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+
+    /// Replaces the rarely set headers (nothing is kept when all are `None`).
+    pub fn set_extras(&mut self, extras: Extras) {
+        self.extras = (!extras.is_empty()).then(|| Box::new(extras));
     }
 
     pub fn property(&self, name: &str) -> Option<&PropValue> {
@@ -225,5 +261,35 @@ mod tests {
         assert!(id.matches(&text));
         assert!(!id.matches("ID:host-1-2-1:3:-1:1:43"));
         assert!(!id.matches("nonsense"));
+    }
+
+    #[test]
+    fn rare_headers_take_room_only_when_set() {
+        // A queued message's fixed part: what a backlog of small messages
+        // pays per message besides the body.
+        assert!(
+            std::mem::size_of::<Message>() <= 176,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
+        let mut m = Message::new(
+            MessageId {
+                producer: Arc::from("p"),
+                seq: 1,
+            },
+            Destination::queue("q"),
+            BodyKind::Bytes,
+            Bytes::new(),
+        );
+        assert!(m.extras.is_none());
+        m.set_extras(Extras::default());
+        assert!(m.extras.is_none(), "all None keeps nothing");
+        m.extras_mut().jms_type = Some(ByteStr::from_static("t"));
+        assert_eq!(m.extras().jms_type.as_deref(), Some("t"));
+        let copy = m.clone();
+        assert_eq!(copy.extras().jms_type.as_deref(), Some("t"));
+        m.set_extras(Extras::default());
+        assert!(m.extras.is_none());
+        assert_eq!(m.extras().jms_type, None);
     }
 }

@@ -506,8 +506,8 @@ impl Broker {
             message::BodyKind::Empty,
             bytes::Bytes::new(),
         );
-        m.jms_type = Some(ByteStr::from_static("Advisory"));
-        m.advisory = Some(Arc::new(advisory));
+        m.extras_mut().jms_type = Some(ByteStr::from_static("Advisory"));
+        m.extras_mut().advisory = Some(Arc::new(advisory));
         properties.push((
             ByteStr::from_static("originBrokerId"),
             PropValue::String(ByteStr::from(format!("{}-0:1", self.id_prefix))),
@@ -951,7 +951,7 @@ impl Broker {
         // the expiration moved to `originalExpiration`, and a failure cause
         // only where one is known (a STOMP NACK gives none).
         let mut copy = Message::clone(message);
-        copy.original_destination = Some(message.destination.clone());
+        copy.extras_mut().original_destination = Some(message.destination.clone());
         copy.destination = Destination::queue(self.config.dead_letter_queue.as_str());
         if copy.property("originalExpiration").is_none() {
             copy.properties.push((

@@ -406,10 +406,12 @@ impl Selector {
             ),
             "JMSMessageID" => Val::Str(m.id.to_string()),
             "JMSCorrelationID" => m
+                .extras()
                 .correlation_id
                 .as_ref()
                 .map_or(Val::Null, |c| Val::Str(c.to_string())),
             "JMSType" => m
+                .extras()
                 .jms_type
                 .as_ref()
                 .map_or(Val::Null, |t| Val::Str(t.to_string())),
@@ -640,7 +642,7 @@ mod tests {
         );
         m.properties = props.into_iter().map(|(k, v)| (k.into(), v)).collect();
         m.priority = 7;
-        m.jms_type = Some("order".into());
+        m.extras_mut().jms_type = Some("order".into());
         m
     }
 

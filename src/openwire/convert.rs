@@ -241,12 +241,14 @@ pub fn message_from_struct(
         m.timestamp = t;
     }
     if let Value::Str(c) = &f[msg::CORRELATION_ID] {
-        m.correlation_id = Some(ByteStr::from(c.as_str()));
+        m.extras_mut().correlation_id = Some(ByteStr::from(c.as_str()));
     }
     if let Value::Str(t) = &f[msg::TYPE] {
-        m.jms_type = Some(ByteStr::from(t.as_str()));
+        m.extras_mut().jms_type = Some(ByteStr::from(t.as_str()));
     }
-    m.reply_to = f[msg::REPLY_TO].as_struct().and_then(destination_from);
+    if let Some(r) = f[msg::REPLY_TO].as_struct().and_then(destination_from) {
+        m.extras_mut().reply_to = Some(r);
+    }
     let map = match &f[msg::PROPERTIES] {
         Value::Bytes(p) => decode_map(p)
             .map_err(|e| ConvertError(format!("bad message properties: {e}")))?
@@ -282,8 +284,11 @@ pub fn message_from_struct(
         };
         m.properties.push((ByteStr::from(k), v));
     }
-    if let Some(orig) = f[msg::ORIGINAL_DESTINATION].as_struct() {
-        m.original_destination = destination_from(orig);
+    if let Some(orig) = f[msg::ORIGINAL_DESTINATION]
+        .as_struct()
+        .and_then(destination_from)
+    {
+        m.extras_mut().original_destination = Some(orig);
     }
     if m.properties.capacity() > m.properties.len() {
         m.properties.shrink_to_fit(); // some were not JMS property types
@@ -358,15 +363,16 @@ pub fn encode_delivery(
 ) -> Result<(), WireError> {
     let producer = memo.producer(&m.id.producer);
     let destination = memo.destination(&m.destination);
-    let original = match &m.original_destination {
+    let extras = m.extras();
+    let original = match &extras.original_destination {
         Some(o) => memo.destination(o),
         None => Value::Null,
     };
-    let reply_to = match &m.reply_to {
+    let reply_to = match &extras.reply_to {
         Some(r) => memo.destination(r),
         None => Value::Null,
     };
-    let data_structure = match &m.advisory {
+    let data_structure = match &extras.advisory {
         Some(a) => advisory_value(a),
         None => Value::Null,
     };
@@ -392,13 +398,13 @@ pub fn encode_delivery(
         broker_seq: broker_seq as i64,
         group_id,
         group_seq,
-        correlation_id: m.correlation_id.as_deref(),
+        correlation_id: extras.correlation_id.as_deref(),
         persistent: m.persistent,
         expiration: m.expiration,
         priority: m.priority as i8,
         reply_to: &reply_to,
         timestamp: m.timestamp,
-        jms_type: m.jms_type.as_deref(),
+        jms_type: extras.jms_type.as_deref(),
         content,
         properties: has_props.then_some(props.as_slice()),
         data_structure: &data_structure,
@@ -501,16 +507,16 @@ pub fn message_to_struct(
             .with("producerSequenceId", Value::Long(m.id.seq as i64))
             .with("brokerSequenceId", Value::Long(broker_seq as i64)),
     );
-    if let Some(o) = &m.original_destination {
+    if let Some(o) = &m.extras().original_destination {
         f[msg::ORIGINAL_DESTINATION] = memo.destination(o);
     }
     f[msg::PERSISTENT] = Value::Bool(m.persistent);
     f[msg::EXPIRATION] = Value::Long(m.expiration);
     f[msg::PRIORITY] = Value::Byte(m.priority as i8);
     f[msg::TIMESTAMP] = Value::Long(m.timestamp);
-    f[msg::CORRELATION_ID] = Value::opt_str(m.correlation_id.as_deref());
-    f[msg::TYPE] = Value::opt_str(m.jms_type.as_deref());
-    if let Some(r) = &m.reply_to {
+    f[msg::CORRELATION_ID] = Value::opt_str(m.extras().correlation_id.as_deref());
+    f[msg::TYPE] = Value::opt_str(m.extras().jms_type.as_deref());
+    if let Some(r) = &m.extras().reply_to {
         f[msg::REPLY_TO] = memo.destination(r);
     }
     f[msg::CONTENT] = match m.body_kind {
@@ -527,7 +533,7 @@ pub fn message_to_struct(
     if has_props {
         f[msg::PROPERTIES] = Value::Bytes(Bytes::from(props));
     }
-    if let Some(a) = &m.advisory {
+    if let Some(a) = &m.extras().advisory {
         f[msg::DATA_STRUCTURE] = advisory_value(a);
     }
     f[msg::REDELIVERY_COUNTER] = Value::Int(redelivery_count as i32);
@@ -595,11 +601,11 @@ mod tests {
         );
         m.persistent = true;
         m.priority = 7;
-        m.correlation_id = Some("c".into());
-        m.jms_type = Some("t".into());
+        m.extras_mut().correlation_id = Some("c".into());
+        m.extras_mut().jms_type = Some("t".into());
         m.expiration = 1 << 40;
         m.timestamp = 1_700_000_000_000;
-        m.reply_to = Some(Destination::new(DestinationKind::TempQueue, "ID:x:1"));
+        m.extras_mut().reply_to = Some(Destination::new(DestinationKind::TempQueue, "ID:x:1"));
         m.properties.push(("n".into(), PropValue::Int(3)));
         m.properties
             .push(("JMSXGroupID".into(), PropValue::String("g".into())));
@@ -620,7 +626,7 @@ mod tests {
             BodyKind::Bytes,
             Bytes::from(vec![7u8; 300]),
         );
-        m.original_destination = Some(Destination::queue("orig"));
+        m.extras_mut().original_destination = Some(Destination::queue("orig"));
         m.timestamp = 65_535;
         out.push(m);
         let mut m = Message::new(id(3), Destination::queue("q"), BodyKind::Text, Bytes::new());
@@ -650,7 +656,7 @@ mod tests {
             BodyKind::Empty,
             Bytes::new(),
         );
-        m.advisory = Some(Arc::new(Advisory::Consumer {
+        m.extras_mut().advisory = Some(Arc::new(Advisory::Consumer {
             added: true,
             consumer: ConsumerName {
                 connection_id: Arc::from("ID:c-1"),
@@ -747,7 +753,7 @@ mod tests {
         assert_eq!(back.id, m.id);
         assert!(back.persistent);
         assert_eq!(back.priority, 7);
-        assert_eq!(back.reply_to, m.reply_to);
+        assert_eq!(back.extras().reply_to, m.extras().reply_to);
         assert_eq!(back.property("n"), Some(&PropValue::Int(3)));
         assert_eq!(
             back.property("JMSXGroupID"),

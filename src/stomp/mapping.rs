@@ -160,11 +160,11 @@ pub fn message_from_send(
                     message.timestamp = t;
                 }
             }
-            "correlation-id" => message.correlation_id = Some(value.clone()),
-            "type" => message.jms_type = Some(value.clone()),
+            "correlation-id" => message.extras_mut().correlation_id = Some(value.clone()),
+            "type" => message.extras_mut().jms_type = Some(value.clone()),
             // A reply-to without a known prefix stays a plain property, as in ActiveMQ.
             "reply-to" => match parse_prefixed(value.trim()).filter(|d| !d.name.is_empty()) {
-                Some(d) => message.reply_to = Some(d),
+                Some(d) => message.extras_mut().reply_to = Some(d),
                 None => message
                     .properties
                     .push((name.clone(), PropValue::String(value.clone()))),
@@ -277,16 +277,17 @@ pub fn encode_message(
     if delivery.redelivered() {
         put_known_header(out, "redelivered", "true", esc);
     }
-    if let Some(c) = &m.correlation_id {
+    let extras = m.extras();
+    if let Some(c) = &extras.correlation_id {
         put_known_header(out, "correlation-id", c, esc);
     }
-    if let Some(r) = &m.reply_to {
+    if let Some(r) = &extras.reply_to {
         put_destination_header(out, "reply-to", r, esc);
     }
-    if let Some(t) = &m.jms_type {
+    if let Some(t) = &extras.jms_type {
         put_known_header(out, "type", t, esc);
     }
-    if let Some(o) = &m.original_destination {
+    if let Some(o) = &extras.original_destination {
         put_destination_header(out, "original-destination", o, esc);
     }
     for (name, value) in &m.properties {
@@ -386,7 +387,7 @@ mod tests {
         assert!(m.persistent);
         assert_eq!(m.priority, 7);
         assert_eq!(m.properties.len(), 1);
-        assert_eq!(m.reply_to, Some(Destination::topic("replies")));
+        assert_eq!(m.extras().reply_to, Some(Destination::topic("replies")));
 
         let delivery = Delivery {
             message: Arc::new(m),
@@ -449,16 +450,16 @@ mod tests {
         if d.redelivered() {
             f = f.with_header("redelivered", "true");
         }
-        if let Some(c) = &m.correlation_id {
+        if let Some(c) = &m.extras().correlation_id {
             f = f.with_header("correlation-id", c.as_str());
         }
-        if let Some(r) = &m.reply_to {
+        if let Some(r) = &m.extras().reply_to {
             f = f.with_header("reply-to", destination_string(r));
         }
-        if let Some(t) = &m.jms_type {
+        if let Some(t) = &m.extras().jms_type {
             f = f.with_header("type", t.as_str());
         }
-        if let Some(o) = &m.original_destination {
+        if let Some(o) = &m.extras().original_destination {
             f = f.with_header("original-destination", destination_string(o));
         }
         for (name, value) in &m.properties {
@@ -496,10 +497,10 @@ mod tests {
         full.priority = 9;
         full.expiration = -1;
         full.timestamp = i64::MIN;
-        full.correlation_id = Some(ByteStr::from("c:1\n"));
-        full.reply_to = Some(Destination::topic("r:\r"));
-        full.jms_type = Some(ByteStr::from("t\\y"));
-        full.original_destination = Some(Destination::queue("o"));
+        full.extras_mut().correlation_id = Some(ByteStr::from("c:1\n"));
+        full.extras_mut().reply_to = Some(Destination::topic("r:\r"));
+        full.extras_mut().jms_type = Some(ByteStr::from("t\\y"));
+        full.extras_mut().original_destination = Some(Destination::queue("o"));
         full.properties = vec![
             (
                 ByteStr::from("s:x\r"),

@@ -510,7 +510,7 @@ impl Session {
         let mut message = mapping::message_from_send(frame, destination, id, self.connection)?;
         if let Some(r) = reply_temp {
             message.properties.retain(|(k, _)| k.as_str() != "reply-to");
-            message.reply_to = Some(r);
+            message.extras_mut().reply_to = Some(r);
         }
         if let Some(tx) = tx {
             let limit = self.settings.max_transaction_bytes;

@@ -2,7 +2,7 @@
 //! binary form, versioned by the record kinds that carry it.
 
 use crate::broker::destination::{Destination, DestinationKind};
-use crate::broker::message::{BodyKind, Message, MessageId, PropValue};
+use crate::broker::message::{BodyKind, Extras, Message, MessageId, PropValue};
 use crate::bstr::ByteStr;
 use bytes::{BufMut, Bytes};
 use std::sync::Arc;
@@ -142,10 +142,10 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
     out.put_u8(m.priority);
     out.put_i64_le(m.expiration);
     out.put_i64_le(m.timestamp);
-    put_opt_str(out, m.correlation_id.as_deref());
-    put_opt_destination(out, m.reply_to.as_ref());
-    put_opt_str(out, m.jms_type.as_deref());
-    put_opt_destination(out, m.original_destination.as_ref());
+    put_opt_str(out, m.extras().correlation_id.as_deref());
+    put_opt_destination(out, m.extras().reply_to.as_ref());
+    put_opt_str(out, m.extras().jms_type.as_deref());
+    put_opt_destination(out, m.extras().original_destination.as_ref());
     out.put_u32_le(m.properties.len() as u32);
     for (k, v) in &m.properties {
         put_bytes(out, k.as_bytes());
@@ -251,10 +251,13 @@ pub fn decode_message(c: &mut Cursor) -> Result<Message, DecodeError> {
     m.priority = priority;
     m.expiration = expiration;
     m.timestamp = timestamp;
-    m.correlation_id = correlation_id;
-    m.reply_to = reply_to;
-    m.jms_type = jms_type;
-    m.original_destination = original_destination;
+    m.set_extras(Extras {
+        correlation_id,
+        reply_to,
+        jms_type,
+        original_destination,
+        advisory: None,
+    });
     m.properties = properties;
     Ok(m)
 }
@@ -277,8 +280,8 @@ mod tests {
         m.persistent = true;
         m.priority = 8;
         m.expiration = 123;
-        m.correlation_id = Some("c".into());
-        m.reply_to = Some(Destination::topic("r"));
+        m.extras_mut().correlation_id = Some("c".into());
+        m.extras_mut().reply_to = Some(Destination::topic("r"));
         m.properties = vec![
             ("s".into(), PropValue::String("v".into())),
             ("i".into(), PropValue::Int(-3)),
@@ -292,7 +295,7 @@ mod tests {
         assert_eq!(back.id, m.id);
         assert_eq!(back.body, m.body);
         assert_eq!(back.properties, m.properties);
-        assert_eq!(back.reply_to, m.reply_to);
+        assert_eq!(back.extras().reply_to, m.extras().reply_to);
         assert!(back.persistent);
         assert_eq!(back.priority, 8);
         // Nothing decoded points into the record (the segment read at

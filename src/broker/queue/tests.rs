@@ -180,7 +180,10 @@ fn poison_moves_persistent_messages_to_the_dlq_and_drops_others() {
     let dead = dlq.browse();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, Bytes::from_static(b"persistent"));
-    assert_eq!(dead[0].original_destination, Some(Destination::queue("q")));
+    assert_eq!(
+        dead[0].extras().original_destination,
+        Some(Destination::queue("q"))
+    );
     assert_eq!(
         dead[0].id,
         msg(1, "", true).id,
