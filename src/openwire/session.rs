@@ -1034,14 +1034,17 @@ impl Session {
         let Some(object) = c.obj("objectId") else {
             return Ok(Reply::Done);
         };
-        let last_delivered = c.long("lastDeliveredSequenceId");
+        // Absent before OpenWire 5: unknown, as ActiveMQ's default.
+        let last_delivered = match c.get("lastDeliveredSequenceId") {
+            Value::Long(v) => *v,
+            _ => -2,
+        };
         match object.type_id {
             schema::CONSUMER_ID => {
                 let key = id_string(object);
                 match self.consumers.remove(&key) {
                     Some(entry) => {
-                        let reported = (last_delivered >= 0).then_some(last_delivered as u64);
-                        self.end_consumer(entry, reported, false);
+                        self.end_consumer(entry, Reported::from_remove(last_delivered), false);
                         Ok(Reply::Done)
                     }
                     None => Err(JmsError::jms(format!(
@@ -1061,9 +1064,12 @@ impl Session {
                     .filter(|(_, e)| e.session == session)
                     .map(|(k, _)| k.clone())
                     .collect();
+                // The client reports the last message its consumers handed to
+                // the application, across all of them (see `Reported`).
+                let reported = Reported::from_remove(last_delivered);
                 for k in keys {
                     if let Some(e) = self.consumers.remove(&k) {
-                        self.end_consumer(e, None, false);
+                        self.end_consumer(e, reported, false);
                     }
                 }
                 // The Java client closes a session's producers without a
@@ -1073,8 +1079,10 @@ impl Session {
                 Ok(Reply::Done)
             }
             schema::CONNECTION_ID => {
-                // The client still sends ShutdownInfo and closes the socket itself.
-                self.release(false);
+                // The client still sends ShutdownInfo and closes the socket
+                // itself. Its sessions were not removed one by one: this
+                // reports the last delivered message over all of them.
+                self.release_reported(false, Reported::from_remove(last_delivered));
                 Ok(Reply::Done)
             }
             _ => Ok(Reply::Done),
@@ -1083,7 +1091,7 @@ impl Session {
 
     /// Ends a consumer. Its unacknowledged messages go back; those the client
     /// handed to the application come back flagged redelivered.
-    fn end_consumer(&mut self, entry: ConsumerEntry, reported: Option<u64>, dropped: bool) {
+    fn end_consumer(&mut self, entry: ConsumerEntry, reported: Reported, dropped: bool) {
         let written = {
             let mut w = entry.ctx.write_state();
             w.closed = true;
@@ -1093,11 +1101,13 @@ impl Session {
             .remove_where(|(ctx, _)| Arc::ptr_eq(ctx, &entry.ctx));
         if let Some(sub) = &entry.sub {
             let delivered = match reported {
-                Some(r) => r.max(entry.delivered_upto),
-                // Unknown because the connection dropped: like ActiveMQ, count
-                // everything that reached the socket as delivered.
-                None if dropped => written,
-                None => entry.delivered_upto,
+                Reported::Upto(r) => r.max(entry.delivered_upto),
+                // Like ActiveMQ, count everything that reached the socket as
+                // delivered when the client did not say (or the connection
+                // dropped).
+                Reported::Unknown => written,
+                Reported::Nothing if dropped => written,
+                Reported::Nothing => entry.delivered_upto,
             };
             self.broker.unsubscribe(sub, delivered, false);
         }
@@ -1197,12 +1207,16 @@ impl Session {
     /// consumers end, temporary destinations go, the client id is released.
     /// `dropped` when the socket went without the client saying goodbye.
     fn release(&mut self, dropped: bool) {
+        self.release_reported(dropped, Reported::Nothing);
+    }
+
+    fn release_reported(&mut self, dropped: bool, reported: Reported) {
         for (_, t) in self.txs.drain() {
             t.rollback();
         }
         let entries: Vec<ConsumerEntry> = self.consumers.drain().map(|(_, e)| e).collect();
         for e in entries {
-            self.end_consumer(e, None, dropped);
+            self.end_consumer(e, reported, dropped);
         }
         self.broker.delete_temps_of(self.connection);
         if let Some(id) = self.client_id.take() {
@@ -1217,6 +1231,37 @@ impl Session {
         self.release(dropped);
         self.outbox.close();
         self.parked.abort_all();
+    }
+}
+
+/// What a RemoveInfo says about the messages the client handed to the
+/// application (`lastDeliveredSequenceId`), for the consumers it ends.
+///
+/// A delivery's `brokerSequenceId` is its sequence number in its consumer.
+/// For one consumer the report is exact. For a session or a connection the
+/// client sends the highest over its consumers, which for a session with
+/// several consumers may come from another consumer's sequence: it is then
+/// applied to each, which may flag as redelivered a message that was only
+/// prefetched, never the reverse (JMS asks that a message the application
+/// may have seen comes back flagged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reported {
+    /// Delivered up to this sequence number.
+    Upto(u64),
+    /// Nothing delivered (-1: `LAST_DELIVERED_UNSET`).
+    Nothing,
+    /// Not known (-2: `LAST_DELIVERED_UNKNOWN`): everything that reached the
+    /// client counts as delivered, as in ActiveMQ.
+    Unknown,
+}
+
+impl Reported {
+    fn from_remove(last_delivered: i64) -> Self {
+        match last_delivered {
+            n if n >= 0 => Reported::Upto(n as u64),
+            -1 => Reported::Nothing,
+            _ => Reported::Unknown,
+        }
     }
 }
 

@@ -140,6 +140,8 @@ public final class JmsInteropTests {
         test("dupsOkAcknowledge", JmsInteropTests::dupsOkAcknowledge);
         test("individualAcknowledge", JmsInteropTests::individualAcknowledge);
         test("closeConsumerRedeliversUnacknowledged", JmsInteropTests::closeConsumerRedeliversUnacknowledged);
+        test("closeSessionRedeliversUnacknowledged", JmsInteropTests::closeSessionRedeliversUnacknowledged);
+        test("closeConnectionRedeliversUnacknowledged", JmsInteropTests::closeConnectionRedeliversUnacknowledged);
         // transactions
         test("transactedProducerCommitAndRollback", JmsInteropTests::transactedProducerCommitAndRollback);
         test("transactedConsumerRollbackAndCommit", JmsInteropTests::transactedConsumerRollbackAndCommit);
@@ -932,6 +934,23 @@ public final class JmsInteropTests {
      * RemoveInfo) get their redelivery counter bumped; those only prefetched do not.
      */
     static void closeConsumerRedeliversUnacknowledged() throws Exception {
+        closeRedeliversUnacknowledged("consumer");
+    }
+
+    /**
+     * The same when the session is closed (the client sends one RemoveInfo for the session, with
+     * its consumers' last delivered sequence id) or the whole connection (one RemoveInfo for the
+     * connection).
+     */
+    static void closeSessionRedeliversUnacknowledged() throws Exception {
+        closeRedeliversUnacknowledged("session");
+    }
+
+    static void closeConnectionRedeliversUnacknowledged() throws Exception {
+        closeRedeliversUnacknowledged("connection");
+    }
+
+    static void closeRedeliversUnacknowledged(String what) throws Exception {
         String q = uniq("queue-test");
         String[] texts = numbered("m", 4);
         sendTexts(q, texts);
@@ -943,7 +962,12 @@ public final class JmsInteropTests {
             eq("m0", text(recv(consumer, 5000, "m0")), "text");
             eq("m1", text(recv(consumer, 5000, "m1")), "text");
             Thread.sleep(300); // let m2, m3 reach the prefetch buffer
-            consumer.close(); // m0, m1 received but not acknowledged; m2, m3 only prefetched
+            // m0, m1 received but not acknowledged; m2, m3 only prefetched
+            switch (what) {
+                case "consumer": consumer.close(); break;
+                case "session": s.close(); break;
+                default: c.close(); break;
+            }
             Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
             MessageConsumer consumer2 = s2.createConsumer(s2.createQueue(q));
             for (int i = 0; i < 4; i++) {
