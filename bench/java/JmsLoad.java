@@ -73,9 +73,9 @@ public class JmsLoad {
                     m.setLongProperty("ferromq-sent-ns", nowNs());
                     p.send(m);
                 }
-                warm.await();
                 // The consumer catches up with the warm-up before the measured part.
-                if (w > 0) Thread.sleep(300);
+                if (warmup > 0) Thread.sleep(300);
+                warm.await();
                 double per = rate > 0 ? rate / clients : 0;
                 long start = System.nanoTime();
                 for (long i = 0; i < n; i++) {
@@ -107,6 +107,7 @@ public class JmsLoad {
         boolean topic = d.startsWith("topic://");
         long goal = topic ? count * clients : count;
         long all = topic ? (count + warmup) * clients : count + warmup;
+        long warmAll = topic ? warmup * clients : warmup;
         AtomicLong got = new AtomicLong(), warmed = new AtomicLong(), total = new AtomicLong();
         AtomicLong first = new AtomicLong();
         CountDownLatch done = new CountDownLatch(1);
@@ -126,9 +127,12 @@ public class JmsLoad {
                     } else {
                         first.compareAndSet(0, System.nanoTime());
                         got.incrementAndGet();
-                        long sentNs = m.getLongProperty("ferromq-sent-ns");
-                        int i = li.getAndIncrement();
-                        if (i < lat.length) lat[i] = Math.max(1, (now - sentNs) / 1000);
+                        // Not while warm-up messages are still ahead (waiting behind them).
+                        if (warmed.get() >= warmAll) {
+                            long sentNs = m.getLongProperty("ferromq-sent-ns");
+                            int i = li.getAndIncrement();
+                            if (i < lat.length) lat[i] = Math.max(1, (now - sentNs) / 1000);
+                        }
                     }
                 } catch (JMSException e) { }
                 if (total.incrementAndGet() >= all) done.countDown();

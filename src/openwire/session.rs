@@ -9,10 +9,11 @@
 //! prefetch credit.
 //!
 //! A delivery's sequence number (per consumer) is sent as the message id's
-//! `brokerSequenceId`. The client echoes it in its acks and reports the last
-//! one it handed to the application in `RemoveInfo.lastDeliveredSequenceId`,
-//! which is exactly what the core needs to return unacknowledged messages
-//! with the right redelivered flag.
+//! `brokerSequenceId`, with the consumer's tag above it (see [`wire_seq`]).
+//! The client echoes it in its acks and reports the last one it handed to the
+//! application in `RemoveInfo.lastDeliveredSequenceId`, which is exactly what
+//! the core needs to return unacknowledged messages with the right
+//! redelivered flag.
 
 use crate::broker::destination::Destination;
 use crate::broker::message::now_millis;
@@ -166,7 +167,29 @@ enum Ctl {
 struct ConsumerCtx {
     /// The client's ConsumerId, echoed in every MessageDispatch.
     id_value: Value,
+    /// Set apart this consumer's `brokerSequenceId`s (see [`wire_seq`]).
+    tag: u64,
     write: Mutex<WriteState>,
+}
+
+/// Bits of a `brokerSequenceId` that hold the delivery's sequence number;
+/// the consumer's tag is above them (23 bits, so that the value stays a
+/// positive Java long).
+const SEQ_BITS: u32 = 40;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const TAG_MASK: u64 = (1 << 23) - 1;
+
+/// The `brokerSequenceId` of a consumer's delivery. Numbers from different
+/// consumers differ, as ActiveMQ's broker-wide ones do: a session or a
+/// connection that closes reports one number for all its consumers (the
+/// highest), and the tag says whose it is.
+fn wire_seq(tag: u64, seq: u64) -> u64 {
+    (tag << SEQ_BITS) | (seq & SEQ_MASK)
+}
+
+/// The delivery sequence number in a `brokerSequenceId`.
+fn seq_of_wire(v: i64) -> u64 {
+    v.max(0) as u64 & SEQ_MASK
 }
 
 #[derive(Default)]
@@ -645,6 +668,7 @@ impl Session {
         let consumer_id = self.broker.next_id();
         let ctx = Arc::new(ConsumerCtx {
             id_value: Value::obj(id_struct.clone()),
+            tag: consumer_id & TAG_MASK,
             write: Mutex::new(WriteState::default()),
         });
         if c.bool("browser") {
@@ -887,7 +911,7 @@ impl Session {
         let Some(sub) = &entry.sub else {
             return Ok(Reply::Done); // browsed messages are not consumed
         };
-        let seq_of = |m: &Option<AckedId>| m.as_ref().map(|m| m.broker_seq.max(0) as u64);
+        let seq_of = |m: &Option<AckedId>| m.as_ref().map(|m| seq_of_wire(m.broker_seq));
         let Some(last) = seq_of(&c.last) else {
             return Ok(Reply::Done);
         };
@@ -1101,7 +1125,13 @@ impl Session {
             .remove_where(|(ctx, _)| Arc::ptr_eq(ctx, &entry.ctx));
         if let Some(sub) = &entry.sub {
             let delivered = match reported {
-                Reported::Upto(r) => r.max(entry.delivered_upto),
+                // Only the consumer the number belongs to: for the others of
+                // a session it says nothing (as in ActiveMQ, where it matches
+                // one consumer's message).
+                Reported::Upto(r) if r >> SEQ_BITS == entry.ctx.tag => {
+                    seq_of_wire(r as i64).min(written).max(entry.delivered_upto)
+                }
+                Reported::Upto(_) => entry.delivered_upto,
                 // Like ActiveMQ, count everything that reached the socket as
                 // delivered when the client did not say (or the connection
                 // dropped).
@@ -1237,13 +1267,10 @@ impl Session {
 /// What a RemoveInfo says about the messages the client handed to the
 /// application (`lastDeliveredSequenceId`), for the consumers it ends.
 ///
-/// A delivery's `brokerSequenceId` is its sequence number in its consumer.
 /// For one consumer the report is exact. For a session or a connection the
-/// client sends the highest over its consumers, which for a session with
-/// several consumers may come from another consumer's sequence: it is then
-/// applied to each, which may flag as redelivered a message that was only
-/// prefetched, never the reverse (JMS asks that a message the application
-/// may have seen comes back flagged).
+/// client sends the highest over its consumers: it applies to the consumer
+/// it belongs to (its tag, see [`wire_seq`]); the others' messages come back
+/// as their acknowledgements left them, as in ActiveMQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reported {
     /// Delivered up to this sequence number.
@@ -1384,7 +1411,7 @@ async fn writer(
                     &ctx.id_value,
                     &delivery.message,
                     delivery.redelivery_count,
-                    delivery.seq,
+                    wire_seq(ctx.tag, delivery.seq),
                     now,
                     &mut memo,
                     &mut buf,

@@ -142,6 +142,7 @@ public final class JmsInteropTests {
         test("closeConsumerRedeliversUnacknowledged", JmsInteropTests::closeConsumerRedeliversUnacknowledged);
         test("closeSessionRedeliversUnacknowledged", JmsInteropTests::closeSessionRedeliversUnacknowledged);
         test("closeConnectionRedeliversUnacknowledged", JmsInteropTests::closeConnectionRedeliversUnacknowledged);
+        test("closeSessionOfTwoConsumers", JmsInteropTests::closeSessionOfTwoConsumers);
         // transactions
         test("transactedProducerCommitAndRollback", JmsInteropTests::transactedProducerCommitAndRollback);
         test("transactedConsumerRollbackAndCommit", JmsInteropTests::transactedConsumerRollbackAndCommit);
@@ -948,6 +949,42 @@ public final class JmsInteropTests {
 
     static void closeConnectionRedeliversUnacknowledged() throws Exception {
         closeRedeliversUnacknowledged("connection");
+    }
+
+    /**
+     * A session with two consumers reports one last delivered sequence id for both, the highest:
+     * it belongs to the consumer that delivered it, and the other's prefetched messages come back
+     * unflagged (ActiveMQ matches the id against each consumer's messages).
+     */
+    static void closeSessionOfTwoConsumers() throws Exception {
+        String qa = uniq("queue-test"), qb = uniq("queue-test");
+        sendTexts(qa, numbered("a", 4));
+        sendTexts(qb, numbered("b", 4));
+        Connection c = started(connect());
+        Connection c2 = started(connect());
+        try {
+            Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+            MessageConsumer a = s.createConsumer(s.createQueue(qa));
+            MessageConsumer b = s.createConsumer(s.createQueue(qb));
+            eq("a0", text(recv(a, 5000, "a0")), "text");
+            eq("a1", text(recv(a, 5000, "a1")), "text");
+            Thread.sleep(300); // b's four and a's last two reach the prefetch buffers
+            s.close();
+            Session s2 = c2.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            for (String q : new String[] {qa, qb}) {
+                MessageConsumer again = s2.createConsumer(s2.createQueue(q));
+                String prefix = q.equals(qa) ? "a" : "b";
+                for (int i = 0; i < 4; i++) {
+                    Message m = recv(again, 5000, prefix + i + " again");
+                    eq(prefix + i, text(m), "order of returned messages");
+                    boolean delivered = q.equals(qa) && i < 2;
+                    eq(delivered, m.getJMSRedelivered(), "JMSRedelivered of " + prefix + i);
+                }
+                expectNone(again, 300, "after the 4 messages of " + q);
+            }
+        } finally {
+            quietClose(c, c2);
+        }
     }
 
     static void closeRedeliversUnacknowledged(String what) throws Exception {
