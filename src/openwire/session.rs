@@ -1479,3 +1479,32 @@ fn handle_ctl(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_sequence_ids_carry_the_consumer_tag() {
+        for tag in [0, 1, 77, TAG_MASK] {
+            for seq in [1, 2, 1 << 20, SEQ_MASK] {
+                let wire = wire_seq(tag, seq);
+                assert!(
+                    (wire as i64) > 0,
+                    "a positive Java long: {tag} {seq} {wire}"
+                );
+                assert_eq!(wire >> SEQ_BITS, tag);
+                assert_eq!(seq_of_wire(wire as i64), seq);
+            }
+        }
+        // Two consumers' same delivery numbers differ on the wire.
+        assert_ne!(wire_seq(1, 5), wire_seq(2, 5));
+        assert_eq!(seq_of_wire(-1), 0);
+        assert_eq!(Reported::from_remove(-1), Reported::Nothing);
+        assert_eq!(Reported::from_remove(-2), Reported::Unknown);
+        assert_eq!(
+            Reported::from_remove(wire_seq(3, 9) as i64),
+            Reported::Upto(wire_seq(3, 9))
+        );
+    }
+}
