@@ -977,15 +977,14 @@ impl Broker {
         }
         tracing::debug!(message_id = %message.id, ?cause, "message moved to the dead-letter queue");
         copy.store_id = 0;
-        let dlq = Destination::queue(self.config.dead_letter_queue.as_str());
         let target = Target::Queue(self.queue(&self.config.dead_letter_queue));
-        let mut ops: Vec<Op> = self.persist_op(&target, &mut copy).into_iter().collect();
+        let (copy, op) = self.persist(&target, copy);
+        let mut ops: Vec<Op> = op.into_iter().collect();
         ops.extend(removal);
         if let Some(store) = &self.store {
             store.submit(ops);
         }
-        let _ = dlq;
-        target.send(Arc::new(copy));
+        target.send(copy);
     }
 
     fn persistence(&self, sub: Option<u64>) -> Option<Persistence> {
@@ -1034,10 +1033,26 @@ impl Broker {
         self.store.as_ref()
     }
 
-    /// The journal record that makes a persistent message survive, giving it
-    /// a store id; `None` when nothing needs storing (non-persistent,
-    /// temporary destinations, a topic without durable subscriptions).
-    pub fn persist_op(&self, target: &Target, m: &mut Message) -> Option<Op> {
+    /// Shares a message, with the journal record that makes it survive if
+    /// it needs one (not for a non-persistent message, a temporary
+    /// destination, or a topic without durable subscriptions that take it):
+    /// the message gets its store id first, and the record holds the same
+    /// message as the destinations.
+    pub fn persist(&self, target: &Target, mut m: Message) -> (Arc<Message>, Option<Op>) {
+        let subs = self.persist_plan(target, &mut m);
+        let m = Arc::new(m);
+        let op = subs.map(|subs| Op::Add {
+            id: m.store_id,
+            destination: m.destination.clone(),
+            subs,
+            message: m.clone(),
+        });
+        (m, op)
+    }
+
+    /// Gives a message that needs a journal record its store id; returns the
+    /// durable subscriptions the record is for (empty for a queue).
+    fn persist_plan(&self, target: &Target, m: &mut Message) -> Option<Vec<u64>> {
         let store = self.store.as_ref()?;
         if !m.persistent || m.destination.kind.is_temporary() {
             return None;
@@ -1055,13 +1070,7 @@ impl Broker {
             Target::Many(_) => return None,
         };
         m.store_id = store.next_id();
-        let message = Arc::new(m.clone());
-        Some(Op::Add {
-            id: m.store_id,
-            destination: m.destination.clone(),
-            subs,
-            message,
-        })
+        Some(subs)
     }
 
     /// Waits while the store is over its limit (producer flow control), or
@@ -1079,14 +1088,15 @@ impl Broker {
     pub async fn send(
         &self,
         target: &Target,
-        mut message: Message,
+        message: Message,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
-        let Some(op) = self.persist_op(target, &mut message) else {
-            return Ok(target.send(Arc::new(message)));
+        let (message, op) = self.persist(target, message);
+        let Some(op) = op else {
+            return Ok(target.send(message));
         };
         self.store_room().await?;
         let Some(store) = &self.store else {
-            return Ok(target.send(Arc::new(message)));
+            return Ok(target.send(message));
         };
         match target {
             // Store and dispatch at once: a consumer may have the message
@@ -1096,7 +1106,7 @@ impl Broker {
             Target::Queue(q) => {
                 let id = message.store_id;
                 let durable = store.start_write_deferred(vec![op]);
-                let (over, dispatched) = q.send_dispatched(Arc::new(message));
+                let (over, dispatched) = q.send_dispatched(message);
                 store.wake(id, dispatched);
                 let full = if over { vec![q.clone()] } else { Vec::new() };
                 if let Err(e) = durable.await {
@@ -1116,7 +1126,7 @@ impl Broker {
                 let target = target.clone();
                 tokio::spawn(async move {
                     written.await?;
-                    Ok(target.send(Arc::new(message)))
+                    Ok(target.send(message))
                 })
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Io(format!("send did not finish: {e}"))))
@@ -1144,11 +1154,16 @@ impl Broker {
         &self,
         tx: transaction::Transaction,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
-        let (mut sends, acks) = tx.into_parts();
+        let (sends, acks) = tx.into_parts();
         let mut ops = Vec::new();
-        for (target, m) in sends.iter_mut() {
-            ops.extend(self.persist_op(target, m));
-        }
+        let sends: Vec<(Target, Arc<Message>)> = sends
+            .into_iter()
+            .map(|(target, m)| {
+                let (m, op) = self.persist(&target, m);
+                ops.extend(op);
+                (target, m)
+            })
+            .collect();
         for (queue, consumer, seqs) in &acks {
             ops.extend(queue.held_removals(*consumer, seqs));
         }
@@ -1168,7 +1183,7 @@ impl Broker {
         }
         let mut full = Vec::new();
         for (target, m) in sends {
-            full.extend(target.send(Arc::new(m)));
+            full.extend(target.send(m));
         }
         for (queue, consumer, seqs) in acks {
             queue.settle_held(consumer, &seqs, true, true);
