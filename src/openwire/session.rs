@@ -319,7 +319,7 @@ pub async fn serve(
         shutdown_requested: false,
     };
     let reason = tokio::select! {
-        reason = session.run(&mut framed, &mut internal_rx, &ours, &token) => reason,
+        reason = session.run(&mut framed, &mut internal_rx, &ours) => reason,
         _ = token.cancelled() => "shutdown".to_string(),
     };
     debug!(%reason, "connection closing");
@@ -334,43 +334,31 @@ impl Session {
         framed: &mut FramedRead<ActivityReader<OwnedReadHalf>, OpenWireCodec>,
         internal: &mut mpsc::Receiver<Internal>,
         ours: &WireFormatInfo,
-        token: &CancellationToken,
     ) -> String {
-        let handshake_deadline = Instant::now() + self.settings.handshake_timeout;
-        // Without inactivity monitoring nothing times out: a far deadline,
-        // renewed when it passes.
-        let mut far = handshake_deadline + Duration::from_secs(3600);
+        // One timer for the connection. Reading a frame does not touch it:
+        // when it fires, the real deadline is worked out from the last read,
+        // and a later one re-arms it (so does the handshake, which sets the
+        // inactivity limit). Shutdown is the caller's select.
+        let timer = tokio::time::sleep_until(Instant::now() + self.settings.handshake_timeout);
+        tokio::pin!(timer);
         loop {
-            let deadline = match &self.negotiated {
-                None => handshake_deadline,
-                Some(n) if n.max_inactivity_ms > 0 => {
-                    framed.get_ref().last_read
-                        + Duration::from_millis(
-                            (n.max_inactivity_ms + n.max_inactivity_ms / 3) as u64,
-                        )
-                }
-                Some(_) => far,
-            };
             let item = tokio::select! {
                 biased;
-                _ = token.cancelled() => return "shutdown".into(),
                 Some(i) = internal.recv() => {
                     self.on_internal(i).await;
                     continue;
                 }
                 item = framed.next() => item,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let Some(n) = &self.negotiated else {
+                _ = &mut timer => {
+                    if self.negotiated.is_none() {
                         return "no WireFormatInfo in time".into();
-                    };
-                    if n.max_inactivity_ms <= 0 {
-                        far = Instant::now() + Duration::from_secs(3600);
-                        continue;
                     }
-                    if Instant::now() >= deadline {
+                    let deadline = self.read_deadline(framed);
+                    if deadline <= Instant::now() {
                         warn!("no data from the client within the inactivity duration; closing");
                         return "inactivity".into();
                     }
+                    timer.as_mut().reset(deadline);
                     continue;
                 }
             };
@@ -396,7 +384,10 @@ impl Session {
             };
             if self.negotiated.is_none() {
                 match self.handshake(&command, ours, framed).await {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        timer.as_mut().reset(self.read_deadline(framed));
+                        continue;
+                    }
                     Err(e) => {
                         warn!(error = %e, "OpenWire handshake failed");
                         return format!("handshake failed: {e}");
@@ -407,6 +398,22 @@ impl Session {
             if self.shutdown_requested {
                 return "ShutdownInfo".into();
             }
+        }
+    }
+
+    /// When the connection times out for want of data: the negotiated
+    /// inactivity duration (and a third) after the last read; without
+    /// inactivity monitoring, an hour from now (the timer is re-armed then).
+    fn read_deadline(
+        &self,
+        framed: &FramedRead<ActivityReader<OwnedReadHalf>, OpenWireCodec>,
+    ) -> Instant {
+        match &self.negotiated {
+            Some(n) if n.max_inactivity_ms > 0 => {
+                framed.get_ref().last_read
+                    + Duration::from_millis((n.max_inactivity_ms + n.max_inactivity_ms / 3) as u64)
+            }
+            _ => Instant::now() + Duration::from_secs(3600),
         }
     }
 

@@ -238,7 +238,7 @@ pub async fn serve(
     // Waits inside a frame's handling (flow control, a full writer) end on
     // shutdown too.
     let reason = tokio::select! {
-        reason = session.run(&mut framed, &conn_token) => reason,
+        reason = session.run(&mut framed) => reason,
         _ = conn_token.cancelled() => "shutdown".to_string(),
     };
     debug!(%reason, "connection closing");
@@ -248,36 +248,37 @@ pub async fn serve(
 }
 
 impl Session {
-    async fn run(
-        &mut self,
-        framed: &mut FramedRead<ActivityReader, StompCodec>,
-        token: &CancellationToken,
-    ) -> String {
-        let connect_deadline = Instant::now() + self.settings.connect_timeout;
-        // Without heart-beats nothing times out: a far deadline, renewed
-        // when it passes (not read from the clock for every frame).
-        let mut far = connect_deadline + Duration::from_secs(3600);
+    /// When the connection times out for want of data: the heart-beat limit
+    /// after the last read; without heart-beats, an hour from now (the timer
+    /// is re-armed then).
+    fn read_deadline(&self, framed: &FramedRead<ActivityReader, StompCodec>) -> Instant {
+        match self.read_timeout {
+            Some(t) => framed.get_ref().last_read + t,
+            None => Instant::now() + Duration::from_secs(3600),
+        }
+    }
+
+    async fn run(&mut self, framed: &mut FramedRead<ActivityReader, StompCodec>) -> String {
+        // One timer for the connection. Reading a frame does not touch it:
+        // when it fires, the real deadline is worked out from the last read,
+        // and a later one re-arms it (so does CONNECT, which sets the
+        // heart-beat limit). Shutdown is the caller's select.
+        let timer = tokio::time::sleep_until(Instant::now() + self.settings.connect_timeout);
+        tokio::pin!(timer);
         loop {
-            let deadline = match self.read_timeout {
-                _ if !self.connected => connect_deadline,
-                Some(t) => framed.get_ref().last_read + t,
-                None => far,
-            };
             let item = tokio::select! {
                 biased;
-                _ = token.cancelled() => return "shutdown".into(),
                 item = framed.next() => item,
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut timer => {
                     if !self.connected {
                         return "no CONNECT frame in time".into();
                     }
-                    far = Instant::now() + Duration::from_secs(3600);
-                    if let Some(t) = self.read_timeout {
-                        if framed.get_ref().last_read + t <= Instant::now() {
-                            warn!("client missed its heart-beats; closing");
-                            return "missed heart-beats".into();
-                        }
+                    let deadline = self.read_deadline(framed);
+                    if deadline <= Instant::now() {
+                        warn!("client missed its heart-beats; closing");
+                        return "missed heart-beats".into();
                     }
+                    timer.as_mut().reset(deadline);
                     continue;
                 }
             };
@@ -298,7 +299,12 @@ impl Session {
                 // ActiveMQ ignores a DISCONNECT before CONNECT altogether.
                 continue;
             }
-            match self.handle(frame, framed).await {
+            let was_connected = self.connected;
+            let handled = self.handle(frame, framed).await;
+            if self.connected && !was_connected {
+                timer.as_mut().reset(self.read_deadline(framed));
+            }
+            match handled {
                 Ok(()) => {
                     // CONNECTED and SUBSCRIBE answer their receipts themselves.
                     let answered = matches!(
