@@ -1358,6 +1358,9 @@ async fn writer(
     let mut control_open = true;
     let keep_alive_frame = Struct::new(schema::KEEP_ALIVE_INFO);
     let mut memo = ValueMemo::default();
+    // Made once: a cancellation future registers itself when polled.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if outbox.is_empty() || frames.is_none() {
             tokio::select! {
@@ -1379,7 +1382,7 @@ async fn writer(
                         }
                     }
                 }
-                _ = token.cancelled(), if control_open => control.close(),
+                _ = &mut cancelled, if control_open => control.close(),
             }
         }
         if !control_open && buf.is_empty() && (outbox.is_empty() || frames.is_none()) {

@@ -1006,6 +1006,9 @@ async fn writer(
     let mut hb_period = Duration::ZERO;
     let mut last_write = Instant::now();
     let mut control_open = true;
+    // Made once: a cancellation future registers itself when polled.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if outbox.is_empty() {
             tokio::select! {
@@ -1024,7 +1027,7 @@ async fn writer(
                         buf.extend_from_slice(b"\n");
                     }
                 }
-                _ = token.cancelled(), if control_open => {
+                _ = &mut cancelled, if control_open => {
                     // The session ended: flush what it queued, then stop.
                     control.close();
                 }
