@@ -319,7 +319,7 @@ pub async fn serve(
         shutdown_requested: false,
     };
     let reason = tokio::select! {
-        reason = session.run(&mut framed, &mut internal_rx, &ours) => reason,
+        reason = session.run(&mut framed, &mut internal_rx, &ours, &token) => reason,
         _ = token.cancelled() => "shutdown".to_string(),
     };
     debug!(%reason, "connection closing");
@@ -334,14 +334,20 @@ impl Session {
         framed: &mut FramedRead<ActivityReader<OwnedReadHalf>, OpenWireCodec>,
         internal: &mut mpsc::Receiver<Internal>,
         ours: &WireFormatInfo,
+        token: &CancellationToken,
     ) -> String {
         // One timer for the connection. Reading a frame does not touch it:
         // when it fires, the real deadline is worked out from the last read,
         // and a later one re-arms it (so does the handshake, which sets the
-        // inactivity limit). Shutdown is the caller's select.
+        // inactivity limit). Shutdown is the caller's select; the check at
+        // each command only stops a client that keeps sending from being
+        // served on.
         let timer = tokio::time::sleep_until(Instant::now() + self.settings.handshake_timeout);
         tokio::pin!(timer);
         loop {
+            if token.is_cancelled() {
+                return "shutdown".into();
+            }
             let item = tokio::select! {
                 biased;
                 Some(i) = internal.recv() => {
@@ -404,6 +410,8 @@ impl Session {
     /// When the connection times out for want of data: the negotiated
     /// inactivity duration (and a third) after the last read; without
     /// inactivity monitoring, an hour from now (the timer is re-armed then).
+    /// The limit is set once, by the handshake, where the timer is re-armed:
+    /// whatever changed it later would have to as well.
     fn read_deadline(
         &self,
         framed: &FramedRead<ActivityReader<OwnedReadHalf>, OpenWireCodec>,

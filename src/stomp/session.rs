@@ -238,7 +238,7 @@ pub async fn serve(
     // Waits inside a frame's handling (flow control, a full writer) end on
     // shutdown too.
     let reason = tokio::select! {
-        reason = session.run(&mut framed) => reason,
+        reason = session.run(&mut framed, &conn_token) => reason,
         _ = conn_token.cancelled() => "shutdown".to_string(),
     };
     debug!(%reason, "connection closing");
@@ -250,7 +250,8 @@ pub async fn serve(
 impl Session {
     /// When the connection times out for want of data: the heart-beat limit
     /// after the last read; without heart-beats, an hour from now (the timer
-    /// is re-armed then).
+    /// is re-armed then). The limit is set once, at CONNECT, where the
+    /// timer is re-armed: whatever changed it later would have to as well.
     fn read_deadline(&self, framed: &FramedRead<ActivityReader, StompCodec>) -> Instant {
         match self.read_timeout {
             Some(t) => framed.get_ref().last_read + t,
@@ -258,14 +259,23 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, framed: &mut FramedRead<ActivityReader, StompCodec>) -> String {
+    async fn run(
+        &mut self,
+        framed: &mut FramedRead<ActivityReader, StompCodec>,
+        token: &CancellationToken,
+    ) -> String {
         // One timer for the connection. Reading a frame does not touch it:
         // when it fires, the real deadline is worked out from the last read,
         // and a later one re-arms it (so does CONNECT, which sets the
-        // heart-beat limit). Shutdown is the caller's select.
+        // heart-beat limit). Shutdown is the caller's select; the check at
+        // each frame only stops a client that keeps sending from being
+        // served on.
         let timer = tokio::time::sleep_until(Instant::now() + self.settings.connect_timeout);
         tokio::pin!(timer);
         loop {
+            if token.is_cancelled() {
+                return "shutdown".into();
+            }
             let item = tokio::select! {
                 biased;
                 item = framed.next() => item,
