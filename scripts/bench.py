@@ -229,7 +229,7 @@ WORKLOADS = [
     {"key": "t-np", "title": "topic, non-persistent, 1p/4 subscribers, 256 B (deliveries/s)", "topic": True,
      "persistent": False, "producers": 1, "consumers": 4, "size": 256, "count": 100_000, "jms_warmup": 50_000, "metric": "deliveries_per_second"},
     {"key": "lat", "title": "latency at 5 000 msg/s (p99, µs; lower is better)", "topic": False, "persistent": False,
-     "producers": 1, "consumers": 1, "size": 256, "count": 25_000, "rate": 5000, "jms_warmup": 50_000, "metric": "p99_us"},
+     "producers": 1, "consumers": 1, "size": 256, "count": 25_000, "rate": 5000, "jms_warmup": 70_000, "metric": "p99_us"},
 ]
 
 

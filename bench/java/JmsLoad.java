@@ -9,11 +9,17 @@
 // end-to-end latency. Prints one JSON line.
 //
 // Warm-up: before the COUNT measured messages the producer sends WARMUP
-// more (as fast as it can, same destination, same delivery mode), marked
-// with the boolean property ferromq-warmup. A client JVM that has just
+// more (same destination, same delivery mode), marked with the int property
+// ferromq-phase = 0 (measured ones carry 1). A client JVM that has just
 // started spends much of a short run compiling (on a 2-core machine the JIT
 // threads take a quarter of it): the warm-up lets the JIT finish before the
-// measured part, so the figures are those of a running application. Warm-up
+// measured part, so the figures are those of a running application.
+// Warm-up and measured messages go through the same code (the same send
+// loop, paced when the run is, the same listener branches), and a warm-up
+// is long enough to carry producer sequence numbers past 65 535: otherwise
+// the measured part takes paths the JIT has not seen, and its code is
+// thrown away and recompiled in the middle of it (a burst of milliseconds
+// late messages, which dominated the p99 of the latency run). Warm-up
 // messages count in neither rates nor latencies; the consumer reports how
 // many it got ("warmup"), so that the broker's CPU can be divided by all the
 // messages it moved.
@@ -66,30 +72,13 @@ public class JmsLoad {
                 p.setDeliveryMode(persistent ? DeliveryMode.PERSISTENT : DeliveryMode.NON_PERSISTENT);
                 byte[] body = new byte[size];
                 Arrays.fill(body, (byte) 'x');
-                for (long i = 0; i < w; i++) {
-                    BytesMessage m = s.createBytesMessage();
-                    m.writeBytes(body);
-                    m.setBooleanProperty("ferromq-warmup", true);
-                    m.setLongProperty("ferromq-sent-ns", nowNs());
-                    p.send(m);
-                }
+                double per = rate > 0 ? rate / clients : 0;
+                // Paced like the measured part, a few times faster.
+                sendAll(s, p, body, w, per * 4, 0, new AtomicLong());
                 // The consumer catches up with the warm-up before the measured part.
                 if (warmup > 0) Thread.sleep(300);
                 warm.await();
-                double per = rate > 0 ? rate / clients : 0;
-                long start = System.nanoTime();
-                for (long i = 0; i < n; i++) {
-                    if (per > 0) {
-                        long due = start + (long) (i * 1e9 / per);
-                        long wait = due - System.nanoTime();
-                        if (wait > 0) LockSupport_parkNanos(wait);
-                    }
-                    BytesMessage m = s.createBytesMessage();
-                    m.writeBytes(body);
-                    m.setLongProperty("ferromq-sent-ns", nowNs());
-                    p.send(m);
-                    sent.incrementAndGet();
-                }
+                sendAll(s, p, body, n, per, 1, sent);
                 con.close();
                 return null;
             }));
@@ -100,7 +89,23 @@ public class JmsLoad {
         ex.shutdown();
     }
 
-    static void LockSupport_parkNanos(long ns) { java.util.concurrent.locks.LockSupport.parkNanos(ns); }
+    /** Sends `n` messages of phase `phase`, `per` a second (0: at once). */
+    static void sendAll(Session s, MessageProducer p, byte[] body, long n, double per, int phase, AtomicLong sent) throws JMSException {
+        long start = System.nanoTime();
+        for (long i = 0; i < n; i++) {
+            if (per > 0) {
+                long due = start + (long) (i * 1e9 / per);
+                long wait = due - System.nanoTime();
+                if (wait > 0) java.util.concurrent.locks.LockSupport.parkNanos(wait);
+            }
+            BytesMessage m = s.createBytesMessage();
+            m.writeBytes(body);
+            m.setIntProperty("ferromq-phase", phase);
+            m.setLongProperty("ferromq-sent-ns", nowNs());
+            p.send(m);
+            if (sent != null) sent.incrementAndGet();
+        }
+    }
 
     static void consume(String url, String d, long count, int clients, long warmup) throws Exception {
         ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url);
@@ -108,11 +113,14 @@ public class JmsLoad {
         long goal = topic ? count * clients : count;
         long all = topic ? (count + warmup) * clients : count + warmup;
         long warmAll = topic ? warmup * clients : warmup;
-        AtomicLong got = new AtomicLong(), warmed = new AtomicLong(), total = new AtomicLong();
-        AtomicLong first = new AtomicLong();
+        // Every message, in arrival order: its latency, arrival time and
+        // phase. Nothing is decided per message (see the top); the figures
+        // are worked out at the end.
+        int cap = (int) Math.min(all, 20_000_000);
+        long[] lat = new long[cap], at = new long[cap];
+        byte[] phase = new byte[cap];
+        AtomicInteger next = new AtomicInteger();
         CountDownLatch done = new CountDownLatch(1);
-        long[] lat = new long[(int) Math.min(goal, 20_000_000)];
-        AtomicInteger li = new AtomicInteger();
         List<Connection> cons = new ArrayList<>();
         for (int c = 0; c < clients; c++) {
             Connection con = f.createConnection();
@@ -121,32 +129,39 @@ public class JmsLoad {
             MessageConsumer mc = s.createConsumer(dest(s, d));
             mc.setMessageListener(m -> {
                 long now = nowNs();
+                int i = next.getAndIncrement();
                 try {
-                    if (m.getBooleanProperty("ferromq-warmup")) {
-                        warmed.incrementAndGet();
-                    } else {
-                        first.compareAndSet(0, System.nanoTime());
-                        got.incrementAndGet();
-                        // Not while warm-up messages are still ahead (waiting behind them).
-                        if (warmed.get() >= warmAll) {
-                            long sentNs = m.getLongProperty("ferromq-sent-ns");
-                            int i = li.getAndIncrement();
-                            if (i < lat.length) lat[i] = Math.max(1, (now - sentNs) / 1000);
-                        }
+                    if (i < cap) {
+                        lat[i] = Math.max(1, (now - m.getLongProperty("ferromq-sent-ns")) / 1000);
+                        at[i] = now;
+                        phase[i] = (byte) m.getIntProperty("ferromq-phase");
                     }
                 } catch (JMSException e) { }
-                if (total.incrementAndGet() >= all) done.countDown();
+                if (i + 1 == all) done.countDown();
             });
             con.start();
         }
         System.err.println("consumer ready");
         done.await(600, TimeUnit.SECONDS);
-        double secs = (System.nanoTime() - first.get()) / 1e9;
-        int n = Math.min(li.get(), lat.length);
-        long[] l = Arrays.copyOf(lat, n);
+        int n = Math.min(next.get(), cap);
+        // Measured messages: rate from the first one's arrival to the last
+        // arrival; latency only of those that arrived after the last warm-up
+        // message (not while warm-up messages were still ahead of them).
+        int lastWarm = -1;
+        long got = 0, warmed = 0, firstAt = 0, lastAt = 0;
+        for (int i = 0; i < n; i++) {
+            if (phase[i] == 0) { lastWarm = i; warmed++; continue; }
+            if (got++ == 0) firstAt = at[i];
+            lastAt = at[i];
+        }
+        long[] l = new long[n];
+        int k = 0;
+        for (int i = lastWarm + 1; i < n; i++) if (phase[i] == 1) l[k++] = lat[i];
+        l = Arrays.copyOf(l, k);
         Arrays.sort(l);
-        long p50 = n > 0 ? l[(int) (n * 0.50)] : 0, p99 = n > 0 ? l[Math.min(n - 1, (int) (n * 0.99))] : 0, max = n > 0 ? l[n - 1] : 0;
-        System.out.printf(Locale.ROOT, "{\"role\":\"consumer\",\"messages\":%d,\"warmup\":%d,\"seconds\":%.3f,\"messages_per_second\":%.1f,\"latency\":{\"p50_us\":%d,\"p99_us\":%d,\"max_us\":%d}}%n", got.get(), warmed.get(), secs, got.get() / secs, p50, p99, max);
+        double secs = Math.max(lastAt - firstAt, 1) / 1e9;
+        long p50 = k > 0 ? l[(int) (k * 0.50)] : 0, p99 = k > 0 ? l[Math.min(k - 1, (int) (k * 0.99))] : 0, max = k > 0 ? l[k - 1] : 0;
+        System.out.printf(Locale.ROOT, "{\"role\":\"consumer\",\"messages\":%d,\"warmup\":%d,\"seconds\":%.3f,\"messages_per_second\":%.1f,\"latency\":{\"p50_us\":%d,\"p99_us\":%d,\"max_us\":%d}}%n", got, warmed, secs, got / secs, p50, p99, max);
         for (Connection con : cons) con.close();
     }
 }
