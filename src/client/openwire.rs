@@ -72,8 +72,8 @@ impl OpenWireClient {
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let theirs = loop {
             if let Some(s) = codec.decode(&mut rbuf).map_err(|e| err(e.to_string()))? {
-                break WireFormatInfo::from_struct(&s.into_struct())
-                    .map_err(|e| err(e.to_string()))?;
+                let s = s.into_struct().ok_or_else(|| err("not a WireFormatInfo"))?;
+                break WireFormatInfo::from_struct(&s).map_err(|e| err(e.to_string()))?;
             }
             if stream.read_buf(&mut rbuf).await? == 0 {
                 return Err(err("closed during the handshake"));
@@ -215,11 +215,12 @@ impl OpenWireClient {
 
     async fn read_command(&mut self) -> io::Result<Struct> {
         loop {
+            // The codec's fast paths are off: every frame is a structure.
             if let Some(s) = self
                 .codec
                 .decode(&mut self.rbuf)
                 .map_err(|e| err(e.to_string()))?
-                .map(Inbound::into_struct)
+                .and_then(Inbound::into_struct)
             {
                 if s.type_id == schema::KEEP_ALIVE_INFO {
                     continue;

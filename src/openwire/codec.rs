@@ -194,20 +194,23 @@ pub fn negotiate(ours: &WireFormatInfo, theirs: &WireFormatInfo) -> Result<Negot
     })
 }
 
-/// A decoded frame: a structure, or (once [`OpenWireCodec::fast_acks`] is
-/// on) a MessageAck decoded without one.
+/// A decoded frame: a structure, or (once [`OpenWireCodec::fast_paths`]
+/// is on) a MessageAck or a message decoded without one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
     Struct(Struct),
     Ack(Box<marshal::AckFrame>),
+    Message(Box<marshal::MessageParts>),
 }
 
 impl Inbound {
-    /// The structure the generic decoder gives for this frame.
-    pub fn into_struct(self) -> Struct {
+    /// The structure the generic decoder gives for this frame; `None` for
+    /// a message from the fast path (which keeps only part of it).
+    pub fn into_struct(self) -> Option<Struct> {
         match self {
-            Inbound::Struct(s) => s,
-            Inbound::Ack(a) => a.to_struct(),
+            Inbound::Struct(s) => Some(s),
+            Inbound::Ack(a) => Some(a.to_struct()),
+            Inbound::Message(_) => None,
         }
     }
 }
@@ -219,7 +222,7 @@ pub struct OpenWireCodec {
     format: Format,
     cache: ReadCache,
     max_frame_size: u64,
-    fast_acks: bool,
+    fast_paths: bool,
 }
 
 impl OpenWireCodec {
@@ -228,13 +231,14 @@ impl OpenWireCodec {
             format: Format::INITIAL,
             cache: ReadCache::new(0),
             max_frame_size,
-            fast_acks: false,
+            fast_paths: false,
         }
     }
 
-    /// MessageAcks come as [`Inbound::Ack`] from now on.
-    pub fn fast_acks(&mut self, on: bool) {
-        self.fast_acks = on;
+    /// MessageAcks come as [`Inbound::Ack`] and messages as
+    /// [`Inbound::Message`] from now on.
+    pub fn fast_paths(&mut self, on: bool) {
+        self.fast_paths = on;
     }
 
     /// Switches to the negotiated format for every later frame.
@@ -275,17 +279,22 @@ impl Decoder for OpenWireCodec {
                 return Ok(None);
             }
             let frame = buf.split_to(total).freeze().slice(4..);
-            let fast = if self.fast_acks {
-                marshal::decode_ack(&frame, &self.format, &mut self.cache)?
-            } else {
-                None
-            };
-            let (item, used, type_id) = match fast {
-                Some((a, used)) => (Inbound::Ack(Box::new(a)), used, schema::MESSAGE_ACK),
+            let type_id = frame.first().copied().unwrap_or(0);
+            let mut fast = None;
+            if self.fast_paths {
+                if type_id == schema::MESSAGE_ACK {
+                    fast = marshal::decode_ack(&frame, &self.format, &mut self.cache)?
+                        .map(|(a, used)| (Inbound::Ack(Box::new(a)), used));
+                } else if schema::is_message(type_id) {
+                    fast = marshal::decode_message(&frame, &self.format, &mut self.cache)?
+                        .map(|(m, used)| (Inbound::Message(Box::new(m)), used));
+                }
+            }
+            let (item, used) = match fast {
+                Some(f) => f,
                 None => {
                     let (s, used) = marshal::decode(&frame, &self.format, &mut self.cache)?;
-                    let t = s.type_id;
-                    (Inbound::Struct(s), used, t)
+                    (Inbound::Struct(s), used)
                 }
             };
             if used != frame.len() {

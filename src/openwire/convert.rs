@@ -7,12 +7,12 @@ use crate::broker::destination::{Destination, DestinationKind};
 use crate::broker::message::{Advisory, BodyKind, ConsumerName, Message, MessageId, PropValue};
 use crate::bstr::ByteStr;
 use crate::openwire::codec::FrameWriter;
-use crate::openwire::marshal::{Content, MessageFields};
-use crate::openwire::primitive_map::{decode_map, write_string, MapValue};
+use crate::openwire::marshal::{Content, MessageFields, MessageParts};
+use crate::openwire::primitive_map::{read_typed, write_string, MAX_ENTRIES};
 use crate::openwire::schema::{self, msg};
 use crate::openwire::value::{Struct, Throwable, Value};
 use crate::openwire::wire::{
-    decode_modified_utf8, modified_utf8_len, put_modified_utf8, PutExt, WireError,
+    decode_modified_utf8, modified_utf8_len, put_modified_utf8, PutExt, Reader, WireError,
 };
 use bytes::{BufMut, Bytes};
 use std::sync::Arc;
@@ -151,30 +151,37 @@ pub fn message_from_struct(
     connection: u64,
     producers: &mut IdMemo,
 ) -> Result<Message, ConvertError> {
-    let f = &s.fields;
+    let parts = MessageParts::from_struct(s).ok_or_else(|| {
+        ConvertError("not a message, or its message id is not a MessageId".into())
+    })?;
+    message_from_parts(&parts, connection, producers)
+}
+
+pub fn message_from_parts(
+    p: &MessageParts,
+    connection: u64,
+    producers: &mut IdMemo,
+) -> Result<Message, ConvertError> {
     let destination = producers
-        .destination(&f[msg::DESTINATION])
+        .destination(&p.destination)
         .ok_or_else(|| ConvertError("message without a destination".into()))?;
-    let id = match f[msg::MESSAGE_ID].as_struct() {
+    let id = match &p.message_id {
         Some(mid) => MessageId {
             producer: producers
-                .get(mid.get("producerId"))
+                .get(&mid.producer_id)
                 .unwrap_or_else(|| Arc::from("")),
-            seq: mid.long("producerSequenceId") as u64,
+            seq: mid.producer_seq as u64,
         },
         None => return Err(ConvertError("message without a message id".into())),
     };
-    let compressed = matches!(f[msg::COMPRESSED], Value::Bool(true));
-    let content = match &f[msg::CONTENT] {
-        Value::Bytes(b) => Some(b.clone()),
-        _ => None,
-    };
-    let null_text = s.type_id == schema::ACTIVEMQ_TEXT_MESSAGE
+    let compressed = p.compressed;
+    let content = p.content.clone();
+    let null_text = p.type_id == schema::ACTIVEMQ_TEXT_MESSAGE
         && match &content {
             None => true,
             Some(c) => !compressed && c.len() >= 4 && c[..4] == [0xFF; 4],
         };
-    let (body_kind, body) = match s.type_id {
+    let (body_kind, body) = match p.type_id {
         schema::ACTIVEMQ_TEXT_MESSAGE => {
             let raw = match content {
                 Some(c) if compressed => Bytes::from(inflate(&c)?),
@@ -226,65 +233,55 @@ pub fn message_from_struct(
         }
         _ => (BodyKind::Empty, Bytes::new()),
     };
+    // Whether the body is a slice of the frame (not decoded or inflated):
+    // the message keeps the frame then, and its properties can share it.
+    let shares_frame = !compressed
+        && !body.is_empty()
+        && matches!(
+            body_kind,
+            BodyKind::Bytes | BodyKind::Map | BodyKind::Object | BodyKind::Stream
+        );
     let mut m = Message::new(id, destination, body_kind, body);
     m.null_body = null_text;
     m.producer_connection = connection;
-    m.persistent = matches!(f[msg::PERSISTENT], Value::Bool(true));
-    m.priority = match f[msg::PRIORITY] {
-        Value::Byte(p) => p.clamp(0, 9) as u8,
-        _ => 4,
-    };
-    if let Value::Long(e) = f[msg::EXPIRATION] {
-        m.expiration = e;
-    }
-    if let Value::Long(t) = f[msg::TIMESTAMP] {
-        m.timestamp = t;
-    }
-    if let Value::Str(c) = &f[msg::CORRELATION_ID] {
+    m.persistent = p.persistent;
+    m.priority = p.priority.clamp(0, 9) as u8;
+    m.expiration = p.expiration;
+    m.timestamp = p.timestamp;
+    if let Some(c) = &p.correlation_id {
         m.extras_mut().correlation_id = Some(ByteStr::from(c.as_str()));
     }
-    if let Value::Str(t) = &f[msg::TYPE] {
+    if let Some(t) = &p.jms_type {
         m.extras_mut().jms_type = Some(ByteStr::from(t.as_str()));
     }
-    if let Some(r) = f[msg::REPLY_TO].as_struct().and_then(destination_from) {
+    if let Some(r) = p.reply_to.as_struct().and_then(destination_from) {
         m.extras_mut().reply_to = Some(r);
     }
-    let map = match &f[msg::PROPERTIES] {
-        Value::Bytes(p) => decode_map(p)
-            .map_err(|e| ConvertError(format!("bad message properties: {e}")))?
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
     // Sized once: queued messages keep their properties for long.
-    let group = matches!(f[msg::GROUP_ID], Value::Str(_));
-    m.properties = Vec::with_capacity(map.len() + if group { 2 } else { 0 });
-    if let Value::Str(g) = &f[msg::GROUP_ID] {
-        m.properties.push((
-            ByteStr::from_static("JMSXGroupID"),
-            PropValue::String(ByteStr::from(g.as_str())),
-        ));
-        if let Value::Int(seq) = f[msg::GROUP_SEQUENCE] {
-            m.properties
-                .push((ByteStr::from_static("JMSXGroupSeq"), PropValue::Int(seq)));
-        }
+    let group = p.group_id.is_some() as usize * 2;
+    m.properties = match &p.properties {
+        Some(b) => decode_properties(b, group, shares_frame)
+            .map_err(|e| ConvertError(format!("bad message properties: {e}")))?,
+        None => Vec::with_capacity(group),
+    };
+    if let Some(g) = &p.group_id {
+        m.properties.insert(
+            0,
+            (
+                ByteStr::from_static("JMSXGroupID"),
+                PropValue::String(ByteStr::from(g.as_str())),
+            ),
+        );
+        m.properties.insert(
+            1,
+            (
+                ByteStr::from_static("JMSXGroupSeq"),
+                PropValue::Int(p.group_seq),
+            ),
+        );
     }
-    for (k, v) in map {
-        let v = match v {
-            MapValue::Bool(b) => PropValue::Bool(b),
-            MapValue::Byte(b) => PropValue::Byte(b),
-            MapValue::Short(s) => PropValue::Short(s),
-            MapValue::Char(c) => PropValue::Short(c as i16),
-            MapValue::Int(i) => PropValue::Int(i),
-            MapValue::Long(l) => PropValue::Long(l),
-            MapValue::Float(x) => PropValue::Float(x),
-            MapValue::Double(x) => PropValue::Double(x),
-            MapValue::String(s) => PropValue::String(ByteStr::from(s)),
-            // Not JMS property types: keep nothing rather than guess.
-            _ => continue,
-        };
-        m.properties.push((ByteStr::from(k), v));
-    }
-    if let Some(orig) = f[msg::ORIGINAL_DESTINATION]
+    if let Some(orig) = p
+        .original_destination
         .as_struct()
         .and_then(destination_from)
     {
@@ -294,6 +291,75 @@ pub fn message_from_struct(
         m.properties.shrink_to_fit(); // some were not JMS property types
     }
     Ok(m)
+}
+
+/// Message properties (a primitive map) as the core's property list, with
+/// room for `extra` more. Keys and string values are slices of one copy of
+/// the map, or of `map` itself when `share` (the message keeps the frame
+/// anyway): one allocation at most, not one per entry. Values that are not
+/// JMS property types (null, byte arrays, maps, lists) are left out.
+fn decode_properties(
+    map: &Bytes,
+    extra: usize,
+    share: bool,
+) -> Result<Vec<(ByteStr, PropValue)>, WireError> {
+    let owned;
+    let map = if share {
+        map
+    } else {
+        owned = Bytes::copy_from_slice(map);
+        &owned
+    };
+    let mut r = Reader::over(map);
+    let n = r.i32()?;
+    if n < 0 {
+        return Ok(Vec::with_capacity(extra));
+    }
+    let n = n as usize;
+    if n > MAX_ENTRIES || n > r.remaining() {
+        return Err(WireError::Invalid(format!(
+            "map of {n} entries is too large"
+        )));
+    }
+    let mut out = Vec::with_capacity(n + extra);
+    for _ in 0..n {
+        let len = r.u16()? as usize;
+        let key = modified_utf8_str(&mut r, len)?;
+        let v = match r.u8()? {
+            1 => PropValue::Bool(r.bool()?),
+            2 => PropValue::Byte(r.i8()?),
+            3 => PropValue::Short(r.u16()? as i16), // a char
+            4 => PropValue::Short(r.i16()?),
+            5 => PropValue::Int(r.i32()?),
+            6 => PropValue::Long(r.i64()?),
+            7 => PropValue::Double(r.f64()?),
+            8 => PropValue::Float(r.f32()?),
+            9 => {
+                let len = r.u16()? as usize;
+                PropValue::String(modified_utf8_str(&mut r, len)?)
+            }
+            13 => match r.i32()? {
+                len if len < 0 => continue,
+                len => PropValue::String(modified_utf8_str(&mut r, len as usize)?),
+            },
+            t => {
+                read_typed(&mut r, t, 0)?;
+                continue;
+            }
+        };
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+/// `len` bytes of modified UTF-8 as a string: a slice of the reader's
+/// bytes when they are plain ASCII (the same in both encodings).
+fn modified_utf8_str(r: &mut Reader, len: usize) -> Result<ByteStr, WireError> {
+    let raw = r.take_bytes(len)?;
+    if raw.iter().all(|&b| b != 0 && b < 0x80) {
+        return Ok(ByteStr::from_utf8(raw).expect("ASCII"));
+    }
+    Ok(ByteStr::from(decode_modified_utf8(&raw)?))
 }
 
 /// A text body as OpenWire content: i32 length, then modified UTF-8.
@@ -586,6 +652,61 @@ fn advisory_value(a: &Advisory) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_decode_to_jms_types_sharing_one_buffer() {
+        use crate::openwire::primitive_map::{encode_map, MapValue};
+        let map = encode_map(&[
+            ("b".into(), MapValue::Bool(true)),
+            ("y".into(), MapValue::Byte(-3)),
+            ("c".into(), MapValue::Char(65)),
+            ("s".into(), MapValue::Short(-300)),
+            ("i".into(), MapValue::Int(7)),
+            ("l".into(), MapValue::Long(1 << 40)),
+            ("f".into(), MapValue::Float(1.5)),
+            ("d".into(), MapValue::Double(-2.25)),
+            ("str".into(), MapValue::String("plain".into())),
+            ("nul\0".into(), MapValue::String("é\0𝄞".into())),
+            // Not JMS property types: left out.
+            ("null".into(), MapValue::Null),
+            ("bytes".into(), MapValue::Bytes(Bytes::from_static(b"xy"))),
+            (
+                "map".into(),
+                MapValue::Map(vec![("k".into(), MapValue::Int(1))]),
+            ),
+            ("list".into(), MapValue::List(vec![MapValue::Int(1)])),
+            ("last".into(), MapValue::Int(9)),
+        ])
+        .unwrap();
+        let want: Vec<(ByteStr, PropValue)> = vec![
+            ("b".into(), PropValue::Bool(true)),
+            ("y".into(), PropValue::Byte(-3)),
+            ("c".into(), PropValue::Short(65)),
+            ("s".into(), PropValue::Short(-300)),
+            ("i".into(), PropValue::Int(7)),
+            ("l".into(), PropValue::Long(1 << 40)),
+            ("f".into(), PropValue::Float(1.5)),
+            ("d".into(), PropValue::Double(-2.25)),
+            ("str".into(), PropValue::String("plain".into())),
+            ("nul\0".into(), PropValue::String("é\0𝄞".into())),
+            ("last".into(), PropValue::Int(9)),
+        ];
+        for share in [false, true] {
+            let got = decode_properties(&map, 2, share).unwrap();
+            assert_eq!(got, want);
+            assert!(got.capacity() >= want.len() + 2);
+        }
+        // Truncated or oversized maps are refused, never panic.
+        for cut in 0..map.len() {
+            let _ = decode_properties(&map.slice(..cut), 0, cut % 2 == 0);
+        }
+        assert!(decode_properties(&Bytes::from_static(&[0x7f, 0, 0, 0]), 0, true).is_err());
+        assert!(
+            decode_properties(&Bytes::from_static(&[0xff, 0xff, 0xff, 0xff]), 0, true)
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     fn sample_messages() -> Vec<Message> {
         let id = |seq| MessageId {

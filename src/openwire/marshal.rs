@@ -383,6 +383,122 @@ pub fn decode_ack(
     }
 }
 
+/// What the broker takes from a message frame (types 23–29), decoded
+/// without building structures for it: messages are the commonest frame.
+/// The other fields are read (and the marshalling cache kept) but not kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageParts {
+    pub type_id: u8,
+    pub command_id: i32,
+    pub response_required: bool,
+    pub producer_id: Value,
+    pub destination: Value,
+    pub transaction_id: Value,
+    pub original_destination: Value,
+    /// `None` when absent.
+    pub message_id: Option<AckedId>,
+    pub group_id: Option<String>,
+    pub group_seq: i32,
+    pub correlation_id: Option<String>,
+    pub persistent: bool,
+    pub expiration: i64,
+    pub priority: i8,
+    pub reply_to: Value,
+    pub timestamp: i64,
+    pub jms_type: Option<String>,
+    pub content: Option<Bytes>,
+    pub properties: Option<Bytes>,
+    pub compressed: bool,
+}
+
+impl MessageParts {
+    /// The same parts from a structure the generic decoder gave; `None`
+    /// when it is not a message, or its message id is not a MessageId.
+    pub fn from_struct(s: &Struct) -> Option<MessageParts> {
+        use schema::msg;
+        if !schema::is_message(s.type_id) {
+            return None;
+        }
+        let f = &s.fields;
+        let string = |i: usize| match &f[i] {
+            Value::Str(v) => Some(v.clone()),
+            _ => None,
+        };
+        let bytes = |i: usize| match &f[i] {
+            Value::Bytes(b) => Some(b.clone()),
+            _ => None,
+        };
+        let message_id = match &f[msg::MESSAGE_ID] {
+            Value::Null => None,
+            v => Some(AckedId::from_value(v)?),
+        };
+        Some(MessageParts {
+            type_id: s.type_id,
+            command_id: s.command_id(),
+            response_required: s.response_required(),
+            producer_id: f[msg::PRODUCER_ID].clone(),
+            destination: f[msg::DESTINATION].clone(),
+            transaction_id: f[msg::TRANSACTION_ID].clone(),
+            original_destination: f[msg::ORIGINAL_DESTINATION].clone(),
+            message_id,
+            group_id: string(msg::GROUP_ID),
+            group_seq: match f[msg::GROUP_SEQUENCE] {
+                Value::Int(v) => v,
+                _ => 0,
+            },
+            correlation_id: string(msg::CORRELATION_ID),
+            persistent: matches!(f[msg::PERSISTENT], Value::Bool(true)),
+            expiration: match f[msg::EXPIRATION] {
+                Value::Long(v) => v,
+                _ => 0,
+            },
+            priority: match f[msg::PRIORITY] {
+                Value::Byte(v) => v,
+                _ => 0,
+            },
+            reply_to: f[msg::REPLY_TO].clone(),
+            timestamp: match f[msg::TIMESTAMP] {
+                Value::Long(v) => v,
+                _ => 0,
+            },
+            jms_type: string(msg::TYPE),
+            content: bytes(msg::CONTENT),
+            properties: bytes(msg::PROPERTIES),
+            compressed: matches!(f[msg::COMPRESSED], Value::Bool(true)),
+        })
+    }
+}
+
+/// Decodes a message frame (type byte first) the fast way. `Ok(None)`
+/// when it is not one, or not of the usual shape (a message id that is not
+/// a MessageId): the generic [`decode`] takes it then.
+pub fn decode_message(
+    frame: &Bytes,
+    format: &Format,
+    cache: &mut ReadCache,
+) -> Result<Option<(MessageParts, usize)>> {
+    match frame.first() {
+        Some(&t) if schema::is_message(t) => {}
+        _ => return Ok(None),
+    }
+    let mut r = Reader::over(frame);
+    let res = with_decoder(&mut r, format, cache, |type_id, d| d.message(type_id));
+    match res {
+        Ok(Some(m)) => {
+            cache.commit();
+            Ok(Some((m, r.position())))
+        }
+        Ok(None) => {
+            cache.rollback();
+            Ok(None)
+        }
+        Err(e) => {
+            cache.rollback();
+            Err(e)
+        }
+    }
+}
+
 /// Reads a frame's type byte (and, tight, its flag block), then runs `f`
 /// with a decoder over the rest.
 fn with_decoder<T>(
@@ -477,6 +593,86 @@ impl Decoder<'_, '_, '_> {
             message_count,
             poison_cause,
         }))
+    }
+
+    /// A message's fields after the type byte, in the declaration's order
+    /// (so every version's fields, as the generic walk reads them); `None`
+    /// when the message id is not a MessageId.
+    fn message(&mut self, type_id: u8) -> Result<Option<MessageParts>> {
+        use schema::msg;
+        let fields = schema::fields(type_id).ok_or(WireError::UnknownType(type_id))?;
+        let mut m = MessageParts {
+            type_id,
+            command_id: 0,
+            response_required: false,
+            producer_id: Value::Null,
+            destination: Value::Null,
+            transaction_id: Value::Null,
+            original_destination: Value::Null,
+            message_id: None,
+            group_id: None,
+            group_seq: 0,
+            correlation_id: None,
+            persistent: false,
+            expiration: 0,
+            priority: 0,
+            reply_to: Value::Null,
+            timestamp: 0,
+            jms_type: None,
+            content: None,
+            properties: None,
+            compressed: false,
+        };
+        for (i, f) in fields.iter().enumerate() {
+            if !f.present_in(self.format.version) {
+                continue;
+            }
+            match i {
+                msg::COMMAND_ID => m.command_id = self.r.i32()?,
+                msg::RESPONSE_REQUIRED => m.response_required = self.flag()?,
+                msg::PRODUCER_ID => m.producer_id = self.field(Enc::CObj)?,
+                msg::DESTINATION => m.destination = self.field(Enc::CObj)?,
+                msg::TRANSACTION_ID => m.transaction_id = self.field(Enc::CObj)?,
+                msg::ORIGINAL_DESTINATION => m.original_destination = self.field(Enc::CObj)?,
+                msg::MESSAGE_ID => match self.acked_id()? {
+                    Some(id) => m.message_id = id,
+                    None => return Ok(None),
+                },
+                msg::GROUP_ID => m.group_id = self.string()?,
+                msg::GROUP_SEQUENCE => m.group_seq = self.r.i32()?,
+                msg::CORRELATION_ID => m.correlation_id = self.string()?,
+                msg::PERSISTENT => m.persistent = self.flag()?,
+                msg::EXPIRATION => m.expiration = self.long()?,
+                msg::PRIORITY => m.priority = self.r.i8()?,
+                msg::REPLY_TO => m.reply_to = self.field(Enc::Obj)?,
+                msg::TIMESTAMP => m.timestamp = self.long()?,
+                msg::TYPE => m.jms_type = self.string()?,
+                msg::CONTENT => m.content = self.bytes()?,
+                msg::PROPERTIES => m.properties = self.bytes()?,
+                msg::COMPRESSED => m.compressed = self.flag()?,
+                // Read, not kept.
+                _ => {
+                    self.field(f.enc)?;
+                }
+            }
+        }
+        Ok(Some(m))
+    }
+
+    fn long(&mut self) -> Result<i64> {
+        match &mut self.bits {
+            Some(b) => self.r.tight_long(b),
+            None => self.r.i64(),
+        }
+    }
+
+    /// A byte array field: `None` when absent.
+    fn bytes(&mut self) -> Result<Option<Bytes>> {
+        if !self.flag()? {
+            return Ok(None);
+        }
+        let n = self.r.len32()?;
+        Ok(Some(self.r.take_bytes(n)?))
     }
 
     /// A nested MessageId: `Some(None)` when absent, `None` when another

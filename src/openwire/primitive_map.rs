@@ -23,7 +23,7 @@ pub enum MapValue {
     List(Vec<MapValue>),
 }
 
-const MAX_ENTRIES: usize = 1 << 20;
+pub const MAX_ENTRIES: usize = 1 << 20;
 const MAX_DEPTH: usize = 16;
 
 /// Decodes a map; `None` for the null map (count -1).
@@ -54,10 +54,16 @@ fn read_map(r: &mut Reader, depth: usize) -> Result<Option<Vec<(String, MapValue
 
 /// Reads one typed value (also the elements of a StreamMessage body).
 pub fn read_value(r: &mut Reader, depth: usize) -> Result<MapValue> {
+    let t = r.u8()?;
+    read_typed(r, t, depth)
+}
+
+/// Reads one value whose type byte `t` was read.
+pub fn read_typed(r: &mut Reader, t: u8, depth: usize) -> Result<MapValue> {
     if depth > MAX_DEPTH {
         return Err(WireError::Invalid("maps nested too deeply".into()));
     }
-    Ok(match r.u8()? {
+    Ok(match t {
         0 => MapValue::Null,
         1 => MapValue::Bool(r.bool()?),
         2 => MapValue::Byte(r.i8()?),

@@ -29,8 +29,8 @@ use crate::openwire::codec::{
 use crate::openwire::convert::{
     self, consumer_name, destination_from, id_string, message_to_struct, throwable, ValueMemo,
 };
-use crate::openwire::marshal::{AckFrame, AckedId};
-use crate::openwire::schema::{self, msg};
+use crate::openwire::marshal::{AckFrame, AckedId, MessageParts};
+use crate::openwire::schema;
 use crate::openwire::value::{Struct, Value};
 use crate::transport::activity::ActivityReader;
 use crate::transport::outbox::Outbox;
@@ -386,6 +386,10 @@ impl Session {
                     self.on_ack_frame(&a).await;
                     continue;
                 }
+                Inbound::Message(m) => {
+                    self.on_message_frame(*m).await;
+                    continue;
+                }
                 Inbound::Struct(s) => s,
             };
             if self.negotiated.is_none() {
@@ -434,7 +438,7 @@ impl Session {
         let theirs = WireFormatInfo::from_struct(command)?;
         let n = negotiate(ours, &theirs)?;
         framed.decoder_mut().negotiated(&n);
-        framed.decoder_mut().fast_acks(true);
+        framed.decoder_mut().fast_paths(true);
         self.negotiated = Some(n);
         debug!(
             version = n.format.version,
@@ -478,6 +482,33 @@ impl Session {
         let response_required = command.response_required();
         let type_id = command.type_id;
         let result = self.dispatch_command(command).await;
+        self.answer(type_id, command_id, response_required, result)
+            .await;
+    }
+
+    /// A message from the fast decoder: as [`Session::on_command`] does
+    /// for any command.
+    async fn on_message_frame(&mut self, m: MessageParts) {
+        let (type_id, command_id, response_required) =
+            (m.type_id, m.command_id, m.response_required);
+        let result = match self.connection_id {
+            None => Err(not_registered()),
+            Some(_) => self.on_message(m).await,
+        };
+        self.answer(type_id, command_id, response_required, result)
+            .await;
+    }
+
+    /// Answers a command: its Response or ExceptionResponse when it asked
+    /// for one; a failure it did not ask an answer for ends in a
+    /// ConnectionError.
+    async fn answer(
+        &mut self,
+        type_id: u8,
+        command_id: i32,
+        response_required: bool,
+        result: Result<Reply, JmsError>,
+    ) {
         match result {
             Ok(Reply::Sent) => {}
             Ok(reply) => {
@@ -512,10 +543,7 @@ impl Session {
                 schema::KEEP_ALIVE_INFO | schema::SHUTDOWN_INFO | schema::WIRE_FORMAT_INFO
             )
         {
-            return Err(JmsError::new(
-                "java.lang.IllegalStateException",
-                "Cannot process a command before the connection is registered (ConnectionInfo)",
-            ));
+            return Err(not_registered());
         }
         match c.type_id {
             schema::CONNECTION_INFO => self.on_connection_info(&c).await,
@@ -548,7 +576,13 @@ impl Session {
                 }
                 Ok(Reply::Done)
             }
-            t if schema::is_message(t) => self.on_message(c).await,
+            t if schema::is_message(t) => match MessageParts::from_struct(&c) {
+                Some(m) => self.on_message(m).await,
+                None => Err(JmsError::new(
+                    "java.io.IOException",
+                    "message with a message id that is not a MessageId",
+                )),
+            },
             schema::MESSAGE_ACK => match AckFrame::from_struct(&c) {
                 Some(a) => self.on_ack(&a),
                 None => Err(JmsError::new(
@@ -802,11 +836,11 @@ impl Session {
         Ok(t)
     }
 
-    async fn on_message(&mut self, c: Struct) -> Result<Reply, JmsError> {
-        let message = convert::message_from_struct(&c, self.connection, &mut self.producer_memo)
+    async fn on_message(&mut self, c: MessageParts) -> Result<Reply, JmsError> {
+        let message = convert::message_from_parts(&c, self.connection, &mut self.producer_memo)
             .map_err(|e| JmsError::jms(e.0))?;
         let target = self.target(&message.destination)?;
-        if let Some(tx) = c.fields[msg::TRANSACTION_ID].as_struct() {
+        if let Some(tx) = c.transaction_id.as_struct() {
             let key = tx_key(tx);
             let limit = self.settings.max_transaction_bytes;
             let t = self.txs.get_mut(&key).ok_or_else(|| {
@@ -831,7 +865,7 @@ impl Session {
             .send(&target, message)
             .await
             .map_err(|e| JmsError::new("java.io.IOException", e.to_string()))?;
-        if !full.is_empty() && c.response_required() {
+        if !full.is_empty() && c.response_required {
             // Producer flow control for a synchronous send: its Response
             // waits for room, but the connection keeps being read (its own
             // consumers' acks are what make room), as ActiveMQ parks it. Up
@@ -843,7 +877,7 @@ impl Session {
                 self.parked.join_next().await;
             }
             let control = self.control.clone();
-            let correlation = c.command_id();
+            let correlation = c.command_id;
             self.parked.spawn(async move {
                 for q in full {
                     q.wait_for_space().await;
@@ -866,22 +900,19 @@ impl Session {
     /// with a ProducerAck once taken, giving back what the client counted
     /// against its window for it: ActiveMQ's `Message.getSize()` (1024, plus
     /// the marshalled properties and content), never less.
-    async fn producer_ack(&mut self, c: &Struct) {
-        if c.response_required() {
+    async fn producer_ack(&mut self, c: &MessageParts) {
+        if c.response_required {
             return;
         }
-        let windowed = match self.producer_memo.get(&c.fields[msg::PRODUCER_ID]) {
+        let windowed = match self.producer_memo.get(&c.producer_id) {
             Some(id) => self.producers.contains_key(&*id),
             None => false,
         };
-        let (true, Some(pid)) = (windowed, c.fields[msg::PRODUCER_ID].as_struct()) else {
+        let (true, Some(pid)) = (windowed, c.producer_id.as_struct()) else {
             return;
         };
-        let wire_len = |v: &Value| match v {
-            Value::Bytes(b) => b.len(),
-            _ => 0,
-        };
-        let size = 1024 + wire_len(&c.fields[msg::CONTENT]) + wire_len(&c.fields[msg::PROPERTIES]);
+        let wire_len = |v: &Option<bytes::Bytes>| v.as_ref().map_or(0, bytes::Bytes::len);
+        let size = 1024 + wire_len(&c.content) + wire_len(&c.properties);
         let ack = Struct::new(schema::PRODUCER_ACK)
             .with("producerId", Value::obj(pid.clone()))
             .with("size", Value::Int(size.min(i32::MAX as usize) as i32));
@@ -1320,6 +1351,14 @@ fn connection_id_value(id: &str) -> Value {
 }
 
 /// A transaction id as a map key.
+/// The refusal of a command that comes before the ConnectionInfo.
+fn not_registered() -> JmsError {
+    JmsError::new(
+        "java.lang.IllegalStateException",
+        "Cannot process a command before the connection is registered (ConnectionInfo)",
+    )
+}
+
 fn tx_key(tx: &Struct) -> String {
     match tx.type_id {
         schema::LOCAL_TRANSACTION_ID => {

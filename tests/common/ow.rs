@@ -52,7 +52,7 @@ impl OwClient {
         let mut buf = BytesMut::new();
         let theirs = loop {
             if let Some(s) = codec.decode(&mut buf).unwrap() {
-                break WireFormatInfo::from_struct(&s.into_struct()).unwrap();
+                break WireFormatInfo::from_struct(&s.into_struct().unwrap()).unwrap();
             }
             assert!(stream.read_buf(&mut buf).await.unwrap() > 0);
         };
@@ -86,7 +86,7 @@ impl OwClient {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(s) = self.codec.decode(&mut self.buf).unwrap() {
-                return Some(s.into_struct());
+                return s.into_struct(); // no fast paths: always a structure
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}

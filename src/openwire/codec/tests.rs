@@ -10,7 +10,12 @@ fn dir() -> PathBuf {
 fn handshake(bytes: &[u8]) -> (WireFormatInfo, &[u8]) {
     let mut codec = OpenWireCodec::new(u64::MAX);
     let mut buf = BytesMut::from(bytes);
-    let first = codec.decode(&mut buf).unwrap().unwrap().into_struct();
+    let first = codec
+        .decode(&mut buf)
+        .unwrap()
+        .unwrap()
+        .into_struct()
+        .unwrap();
     let used = bytes.len() - buf.len();
     (WireFormatInfo::from_struct(&first).unwrap(), &bytes[used..])
 }
@@ -28,9 +33,17 @@ fn listed_types(listing: &str, direction: &str) -> Vec<u8> {
 }
 
 struct Stream {
-    frames: Vec<(Struct, Vec<u8>)>,
-    /// MessageAcks that came the fast way.
-    fast_acks: usize,
+    frames: Vec<(Inbound, Vec<u8>)>,
+}
+
+impl Stream {
+    /// The structures, from a codec without fast paths.
+    fn structs(&self) -> Vec<(Struct, Vec<u8>)> {
+        self.frames
+            .iter()
+            .map(|(i, b)| (i.clone().into_struct().expect("a structure"), b.clone()))
+            .collect()
+    }
 }
 
 /// Decodes the rest of a stream frame by frame, keeping each frame's bytes.
@@ -41,8 +54,7 @@ fn decode_rest(rest: &[u8], n: &Negotiated) -> Stream {
 fn decode_rest_with(rest: &[u8], n: &Negotiated, fast: bool) -> Stream {
     let mut codec = OpenWireCodec::new(u64::MAX);
     codec.negotiated(n);
-    codec.fast_acks(fast);
-    let mut fast_acks = 0;
+    codec.fast_paths(fast);
     let mut buf = BytesMut::from(rest);
     let mut frames = Vec::new();
     let mut offset = 0;
@@ -52,12 +64,11 @@ fn decode_rest_with(rest: &[u8], n: &Negotiated, fast: bool) -> Stream {
             .decode(&mut buf)
             .unwrap_or_else(|e| panic!("at offset {offset}: {e}"))
             .unwrap_or_else(|| panic!("incomplete frame at offset {offset}"));
-        fast_acks += matches!(s, Inbound::Ack(_)) as usize;
         let used = before - buf.len();
-        frames.push((s.into_struct(), rest[offset..offset + used].to_vec()));
+        frames.push((s, rest[offset..offset + used].to_vec()));
         offset += used;
     }
-    Stream { frames, fast_acks }
+    Stream { frames }
 }
 
 #[test]
@@ -73,6 +84,7 @@ fn every_fixture_decodes_completely_and_reencodes_byte_identical() {
     assert!(scenarios.len() >= 18, "{scenarios:?}");
     let mut frames_checked = 0;
     let mut fast_acks = 0;
+    let mut fast_messages = 0;
     for scenario in &scenarios {
         let c2s = std::fs::read(dir().join(format!("{scenario}.c2s.bin"))).unwrap();
         let s2c = std::fs::read(dir().join(format!("{scenario}.s2c.bin"))).unwrap();
@@ -86,13 +98,28 @@ fn every_fixture_decodes_completely_and_reencodes_byte_identical() {
             ("client -> broker", c_rest, 1u8),
             ("broker -> client", s_rest, 1u8),
         ] {
-            let stream = decode_rest(rest, &n);
-            // MessageAcks decoded the fast way are the same structures.
+            let stream = decode_rest(rest, &n).structs();
+            // MessageAcks decoded the fast way are the same structures, and
+            // messages the same parts of them, with the same cache.
             let fast = decode_rest_with(rest, &n, true);
-            assert_eq!(fast.frames, stream.frames, "{scenario} {direction}");
-            fast_acks += fast.fast_acks;
+            assert_eq!(fast.frames.len(), stream.len());
+            for ((f, fb), (s, sb)) in fast.frames.iter().zip(&stream) {
+                assert_eq!(fb, sb, "{scenario} {direction}");
+                match f {
+                    Inbound::Struct(f) => assert_eq!(f, s, "{scenario} {direction}"),
+                    Inbound::Ack(a) => {
+                        assert_eq!(&a.to_struct(), s, "{scenario} {direction}");
+                        fast_acks += 1;
+                    }
+                    Inbound::Message(m) => {
+                        let parts = marshal::MessageParts::from_struct(s);
+                        assert_eq!(Some(&**m), parts.as_ref(), "{scenario} {direction}");
+                        fast_messages += 1;
+                    }
+                }
+            }
             let mut types = vec![first_type];
-            types.extend(stream.frames.iter().map(|(s, _)| s.type_id));
+            types.extend(stream.iter().map(|(s, _)| s.type_id));
             assert_eq!(
                 types,
                 listed_types(&listing, direction),
@@ -100,7 +127,7 @@ fn every_fixture_decodes_completely_and_reencodes_byte_identical() {
             );
             // Re-encode with a fresh write cache: the same bytes, frame by frame.
             let mut writer = FrameWriter::new(n.format);
-            for (i, (s, original)) in stream.frames.iter().enumerate() {
+            for (i, (s, original)) in stream.iter().enumerate() {
                 let mut out = Vec::new();
                 writer.encode(s, &mut out).unwrap();
                 if &out != original {
@@ -122,6 +149,7 @@ fn every_fixture_decodes_completely_and_reencodes_byte_identical() {
     }
     assert!(frames_checked > 300, "{frames_checked}");
     assert!(fast_acks > 20, "{fast_acks}");
+    assert!(fast_messages > 20, "{fast_messages}");
 }
 
 #[test]
@@ -158,13 +186,8 @@ fn a_decoded_text_message_has_its_fields() {
     let s2c = std::fs::read(dir().join("queue-send-receive-text.s2c.bin")).unwrap();
     let (client, rest) = handshake(&c2s);
     let n = negotiate(&handshake(&s2c).0, &client).unwrap();
-    let stream = decode_rest(rest, &n);
-    let msg = &stream
-        .frames
-        .iter()
-        .find(|(s, _)| s.type_id == 28)
-        .unwrap()
-        .0;
+    let stream = decode_rest(rest, &n).structs();
+    let msg = &stream.iter().find(|(s, _)| s.type_id == 28).unwrap().0;
     assert_eq!(
         msg.obj("destination").unwrap().str("physicalName"),
         Some("fixtures.q")
@@ -223,36 +246,45 @@ fn arbitrary_bytes_never_panic_the_decoder() {
         }
         let mut codec = OpenWireCodec::new(1 << 20);
         codec.negotiated(&n);
-        codec.fast_acks(round % 2 == 0);
+        codec.fast_paths(round % 2 == 0);
         let mut buf = BytesMut::from(&input[..]);
         while let Ok(Some(_)) = codec.decode(&mut buf) {}
     }
-    // Damaged MessageAcks: the fast decoder never panics, and whenever both
-    // decoders take a frame they agree on it.
-    let c2s = std::fs::read(dir().join("client-ack-and-recover.c2s.bin")).unwrap();
-    let (client, rest) = handshake(&c2s);
-    let n = negotiate(&broker, &client).unwrap();
-    let acks: Vec<Vec<u8>> = decode_rest(rest, &n)
-        .frames
-        .into_iter()
-        .filter(|(s, _)| s.type_id == schema::MESSAGE_ACK)
-        .map(|(_, bytes)| bytes)
-        .collect();
-    assert!(!acks.is_empty());
+    // Damaged MessageAcks and messages: the fast decoders never panic, and
+    // whenever both decoders take a frame they agree on it.
+    let mut frames: Vec<(Negotiated, Vec<u8>)> = Vec::new();
+    for scenario in ["client-ack-and-recover", "message-types"] {
+        let c2s = std::fs::read(dir().join(format!("{scenario}.c2s.bin"))).unwrap();
+        let (client, rest) = handshake(&c2s);
+        let n = negotiate(&broker, &client).unwrap();
+        frames.extend(
+            decode_rest(rest, &n)
+                .structs()
+                .into_iter()
+                .filter(|(s, _)| s.type_id == schema::MESSAGE_ACK || schema::is_message(s.type_id))
+                .map(|(_, bytes)| (n, bytes)),
+        );
+    }
+    assert!(frames.len() > 10, "{}", frames.len());
     let (mut agreed, mut refused) = (0, 0);
     for _ in 0..5000 {
-        let mut input = acks[(next() as usize) % acks.len()].clone();
+        let (n, frame) = &frames[(next() as usize) % frames.len()];
+        let mut input = frame.clone();
         for _ in 0..(1 + next() % 3) {
             let i = 4 + (next() as usize) % (input.len() - 4);
             input[i] = next() as u8;
         }
         let decode = |fast: bool| {
             let mut codec = OpenWireCodec::new(1 << 20);
-            codec.negotiated(&n);
-            codec.fast_acks(fast);
+            codec.negotiated(n);
+            codec.fast_paths(fast);
             codec.decode(&mut BytesMut::from(&input[..]))
         };
         match (decode(true), decode(false)) {
+            (Ok(Some(Inbound::Message(m))), Ok(Some(Inbound::Struct(s)))) => {
+                assert_eq!(Some(*m), marshal::MessageParts::from_struct(&s));
+                agreed += 1;
+            }
             (Ok(Some(a)), Ok(Some(b))) => {
                 assert_eq!(a.into_struct(), b.into_struct());
                 agreed += 1;
