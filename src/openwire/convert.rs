@@ -294,22 +294,16 @@ pub fn message_from_parts(
 }
 
 /// Message properties (a primitive map) as the core's property list, with
-/// room for `extra` more. Keys and string values are slices of one copy of
-/// the map, or of `map` itself when `share` (the message keeps the frame
-/// anyway): one allocation at most, not one per entry. Values that are not
-/// JMS property types (null, byte arrays, maps, lists) are left out.
+/// room for `extra` more. Keys and string values are slices of `map` when
+/// `share` (the message keeps the frame anyway); otherwise they are copied
+/// together into one buffer of just their bytes: one allocation, not one
+/// per entry, and nothing else of the map kept. Values that are not JMS
+/// property types (null, byte arrays, maps, lists) are left out.
 fn decode_properties(
     map: &Bytes,
     extra: usize,
     share: bool,
 ) -> Result<Vec<(ByteStr, PropValue)>, WireError> {
-    let owned;
-    let map = if share {
-        map
-    } else {
-        owned = Bytes::copy_from_slice(map);
-        &owned
-    };
     let mut r = Reader::over(map);
     let n = r.i32()?;
     if n < 0 {
@@ -321,7 +315,7 @@ fn decode_properties(
             "map of {n} entries is too large"
         )));
     }
-    let mut out = Vec::with_capacity(n + extra);
+    let mut out = Vec::with_capacity(n.min(1024) + extra);
     for _ in 0..n {
         let len = r.u16()? as usize;
         let key = modified_utf8_str(&mut r, len)?;
@@ -349,7 +343,39 @@ fn decode_properties(
         };
         out.push((key, v));
     }
+    if !share {
+        rehome(&mut out);
+    }
     Ok(out)
+}
+
+/// Moves the strings of `props` into one buffer of their own.
+fn rehome(props: &mut [(ByteStr, PropValue)]) {
+    let value_len = |v: &PropValue| match v {
+        PropValue::String(s) => s.len(),
+        _ => 0,
+    };
+    let total: usize = props.iter().map(|(k, v)| k.len() + value_len(v)).sum();
+    let mut buf = Vec::with_capacity(total);
+    for (k, v) in props.iter() {
+        buf.extend_from_slice(k.as_bytes());
+        if let PropValue::String(s) = v {
+            buf.extend_from_slice(s.as_bytes());
+        }
+    }
+    let buf = ByteStr::from_utf8(Bytes::from(buf)).expect("UTF-8 strings end to end");
+    let mut at = 0;
+    let mut take = |s: &mut ByteStr| {
+        let n = s.len();
+        *s = buf.slice(at..at + n);
+        at += n;
+    };
+    for (k, v) in props.iter_mut() {
+        take(k);
+        if let PropValue::String(s) = v {
+            take(s);
+        }
+    }
 }
 
 /// `len` bytes of modified UTF-8 as a string: a slice of the reader's
@@ -695,6 +721,34 @@ mod tests {
             let got = decode_properties(&map, 2, share).unwrap();
             assert_eq!(got, want);
             assert!(got.capacity() >= want.len() + 2);
+            // Unshared: the strings live in one buffer of just their bytes
+            // (the skipped values are not kept); shared: in the map itself.
+            let inside = |s: &ByteStr| {
+                let p = s.as_bytes().as_ptr() as usize;
+                let m = map.as_ptr() as usize;
+                p >= m && p < m + map.len()
+            };
+            // (Keys with a NUL are decoded, never slices.)
+            assert!(got
+                .iter()
+                .all(|(k, _)| inside(k) == (share && !k.contains('\0'))));
+            if !share {
+                let base = got[0].0.as_bytes().as_ptr();
+                let (last, _) = &got[got.len() - 1];
+                let span = last.as_bytes().as_ptr() as usize + last.len() - base as usize;
+                let strings: usize = got
+                    .iter()
+                    .map(|(k, v)| {
+                        k.len()
+                            + if let PropValue::String(s) = v {
+                                s.len()
+                            } else {
+                                0
+                            }
+                    })
+                    .sum();
+                assert_eq!(span, strings);
+            }
         }
         // Truncated or oversized maps are refused, never panic.
         for cut in 0..map.len() {

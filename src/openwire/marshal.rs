@@ -684,6 +684,18 @@ impl Decoder<'_, '_, '_> {
         if self.r.u8()? != schema::MESSAGE_ID {
             return Ok(None);
         }
+        // A nested structure, as the generic walk counts it.
+        if self.depth + 1 > MAX_DEPTH {
+            return Err(WireError::Invalid("structures nested too deeply".into()));
+        }
+        self.depth += 1;
+        let id = self.message_id_fields();
+        self.depth -= 1;
+        Ok(Some(Some(id?)))
+    }
+
+    /// A MessageId's fields, after its type byte.
+    fn message_id_fields(&mut self) -> Result<AckedId> {
         let text_view = if self.format.version >= 10 {
             self.string()?
         } else {
@@ -696,12 +708,12 @@ impl Decoder<'_, '_, '_> {
         };
         let producer_seq = long(self)?;
         let broker_seq = long(self)?;
-        Ok(Some(Some(AckedId {
+        Ok(AckedId {
             text_view,
             producer_id,
             producer_seq,
             broker_seq,
-        })))
+        })
     }
 
     fn flag(&mut self) -> Result<bool> {

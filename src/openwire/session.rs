@@ -1350,7 +1350,6 @@ fn connection_id_value(id: &str) -> Value {
     Value::obj(Struct::new(schema::CONNECTION_ID).with("value", Value::str(id)))
 }
 
-/// A transaction id as a map key.
 /// The refusal of a command that comes before the ConnectionInfo.
 fn not_registered() -> JmsError {
     JmsError::new(
@@ -1359,6 +1358,7 @@ fn not_registered() -> JmsError {
     )
 }
 
+/// A transaction id as a map key.
 fn tx_key(tx: &Struct) -> String {
     match tx.type_id {
         schema::LOCAL_TRANSACTION_ID => {
