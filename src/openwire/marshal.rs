@@ -651,12 +651,39 @@ impl Decoder<'_, '_, '_> {
                 msg::PROPERTIES => m.properties = self.bytes()?,
                 msg::COMPRESSED => m.compressed = self.flag()?,
                 // Read, not kept.
-                _ => {
-                    self.field(f.enc)?;
-                }
+                _ => self.skip(f.enc)?,
             }
         }
         Ok(Some(m))
+    }
+
+    /// Reads past a field (no value built for the plain kinds).
+    fn skip(&mut self, enc: Enc) -> Result<()> {
+        match enc {
+            Enc::Bool => {
+                self.flag()?;
+            }
+            Enc::Byte => {
+                self.r.i8()?;
+            }
+            Enc::Int => {
+                self.r.i32()?;
+            }
+            Enc::Long => {
+                self.long()?;
+            }
+            Enc::Str => {
+                self.string()?;
+            }
+            Enc::Bytes => {
+                self.bytes()?;
+            }
+            // Structures may go through the cache: the generic way.
+            _ => {
+                self.field(enc)?;
+            }
+        }
+        Ok(())
     }
 
     fn long(&mut self) -> Result<i64> {
