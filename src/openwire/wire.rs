@@ -241,6 +241,12 @@ impl<'a> Reader<'a> {
 /// Appends big-endian data.
 pub trait PutExt: BufMut {
     fn put_utf(&mut self, s: &str) -> Result<()> {
+        // Plain ASCII (property names, mostly) is the same in both encodings.
+        if s.len() <= u16::MAX as usize && s.bytes().all(|b| b != 0 && b < 0x80) {
+            self.put_u16(s.len() as u16);
+            self.put_slice(s.as_bytes());
+            return Ok(());
+        }
         let n = modified_utf8_len(s);
         if n > u16::MAX as usize {
             return Err(WireError::Invalid(format!(
