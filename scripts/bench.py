@@ -143,6 +143,15 @@ def machine_busy(window=0.2):
     return (b1 - b0) / max(t1 - t0, 1)
 
 
+def steal_s():
+    """CPU time the hypervisor gave to others while this VM wanted it
+    (/proc/stat's steal), in seconds: a run with much of it was measured
+    on a starved machine."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def settle(limit=0.15, timeout=15):
     """Waits until the machine is quiet (the previous run's brokers and JVMs
     done with their background work), so that runs do not overlap."""
@@ -201,12 +210,14 @@ def workload(broker, proto, w, rep):
                     producers, warm)
     settle()
     cpu0 = proc_cpu(broker.pid)
+    steal0, t0 = steal_s(), time.time()
     cons = subprocess.Popen(ccmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(1.5 if proto == "openwire" else 0.5)
     prod = run_json(pcmd)
     out, _ = cons.communicate(timeout=600)
     res = next(json.loads(l) for l in out.splitlines()[::-1] if l.startswith("{"))
     cpu = proc_cpu(broker.pid) - cpu0
+    steal, wall = steal_s() - steal0, time.time() - t0
     deliveries = res["messages"]
     moved = deliveries + res.get("warmup", 0)
     lat = res.get("latency") or {}
@@ -216,6 +227,7 @@ def workload(broker, proto, w, rep):
         "p50_us": lat.get("p50_us"), "p99_us": lat.get("p99_us"),
         "cpu_s_per_100k": cpu / max(moved, 1) * 100_000,
         "deliveries": moved,
+        "steal_s": steal, "wall_s": wall,
     }
 
 
@@ -297,6 +309,17 @@ def svg_chart(rows, path):
         f.write("\n".join(parts))
 
 
+def steal_line(totals):
+    """How much CPU the hypervisor took away during the runs (a noisy
+    neighbour slows both brokers, but unevenly)."""
+    steal = sum(t["steal_s"] for t in totals.values())
+    wall = sum(t["wall_s"] for t in totals.values())
+    cpus = os.cpu_count() or 1
+    return (f"CPU time stolen by the hypervisor during the runs: {steal:.1f} s "
+            f"({100 * steal / max(wall * cpus, 1e-9):.1f} % of the machine; ferromq's runs "
+            f"{totals['ferromq']['steal_s']:.1f} s, ActiveMQ's {totals['activemq']['steal_s']:.1f} s).")
+
+
 def main():
     global JAVA_BUILD
     JAVA_BUILD = tempfile.mkdtemp(prefix="bench-java-")
@@ -310,7 +333,7 @@ def main():
         results["brokers"][name] = {"startup_s": b.start()}
         print(f"{name} started in {results['brokers'][name]['startup_s']:.3f} s", flush=True)
     # Every run's broker CPU and deliveries, for the per-broker total.
-    totals = {name: {"cpu_s": 0.0, "deliveries": 0} for name in brokers}
+    totals = {name: {"cpu_s": 0.0, "deliveries": 0, "steal_s": 0.0, "wall_s": 0.0} for name in brokers}
     try:
         for w in WORKLOADS:
             for proto in ["stomp", "openwire"]:
@@ -322,6 +345,8 @@ def main():
                         runs[name].append(r)
                         totals[name]["cpu_s"] += r["cpu_s_per_100k"] * r["deliveries"] / 100_000
                         totals[name]["deliveries"] += r["deliveries"]
+                        totals[name]["steal_s"] += r["steal_s"]
+                        totals[name]["wall_s"] += r["wall_s"]
                         print(f"{w['key']:8} {proto:8} {name:8} {r[w['metric']]:>12.1f}  cpu/100k {r['cpu_s_per_100k']:.2f} s", flush=True)
                 entry = {"key": w["key"], "title": w["title"], "protocol": proto, "metric": w["metric"]}
                 for name in runs:
@@ -357,7 +382,8 @@ def main():
              f"Machine: {os.cpu_count()} CPUs, {platform.platform()}. Same machine, same clients, same run; "
              f"A/B alternated, {REPS} repetition(s), medians; each run on a quiet machine with the other broker paused. "
              f"Scale {SCALE}. Clients: `ferromq producer/consumer` "
-             "for STOMP, the stock ActiveMQ JMS client (`bench/java/JmsLoad.java`) for OpenWire.", "",
+             "for STOMP, the stock ActiveMQ JMS client (`bench/java/JmsLoad.java`) for OpenWire. "
+             + steal_line(totals), "",
              "| workload | protocol | ferromq | ActiveMQ | ratio | broker CPU s/100k: ferromq, ActiveMQ (ratio) | repetitions: ferromq; ActiveMQ (min–max) |",
              "|---|---|---|---|---|---|---|"]
     chart = []
