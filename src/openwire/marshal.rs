@@ -365,12 +365,23 @@ pub fn decode_ack(
     if frame.first() != Some(&schema::MESSAGE_ACK) {
         return Ok(None);
     }
+    fast_decode(frame, format, cache, |_, d| d.ack())
+}
+
+/// Runs a fast decoder over a frame: the cache's changes are kept only
+/// when it takes the frame (`Ok(Some)`), with the bytes it used.
+fn fast_decode<T>(
+    frame: &Bytes,
+    format: &Format,
+    cache: &mut ReadCache,
+    f: impl FnOnce(u8, &mut Decoder) -> Result<Option<T>>,
+) -> Result<Option<(T, usize)>> {
     let mut r = Reader::over(frame);
-    let res = with_decoder(&mut r, format, cache, |_, d| d.ack());
+    let res = with_decoder(&mut r, format, cache, f);
     match res {
-        Ok(Some(a)) => {
+        Ok(Some(v)) => {
             cache.commit();
-            Ok(Some((a, r.position())))
+            Ok(Some((v, r.position())))
         }
         Ok(None) => {
             cache.rollback();
@@ -481,22 +492,7 @@ pub fn decode_message(
         Some(&t) if schema::is_message(t) => {}
         _ => return Ok(None),
     }
-    let mut r = Reader::over(frame);
-    let res = with_decoder(&mut r, format, cache, |type_id, d| d.message(type_id));
-    match res {
-        Ok(Some(m)) => {
-            cache.commit();
-            Ok(Some((m, r.position())))
-        }
-        Ok(None) => {
-            cache.rollback();
-            Ok(None)
-        }
-        Err(e) => {
-            cache.rollback();
-            Err(e)
-        }
-    }
+    fast_decode(frame, format, cache, |type_id, d| d.message(type_id))
 }
 
 /// Reads a frame's type byte (and, tight, its flag block), then runs `f`
