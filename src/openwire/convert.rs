@@ -8,7 +8,7 @@ use crate::broker::message::{Advisory, BodyKind, ConsumerName, Message, MessageI
 use crate::bstr::ByteStr;
 use crate::openwire::codec::FrameWriter;
 use crate::openwire::marshal::{Content, MessageFields, MessageParts};
-use crate::openwire::primitive_map::{read_typed, write_string, MAX_ENTRIES};
+use crate::openwire::primitive_map::{read_map_len, read_typed, write_string};
 use crate::openwire::schema::{self, msg};
 use crate::openwire::value::{Struct, Throwable, Value};
 use crate::openwire::wire::{
@@ -305,16 +305,9 @@ fn decode_properties(
     share: bool,
 ) -> Result<Vec<(ByteStr, PropValue)>, WireError> {
     let mut r = Reader::over(map);
-    let n = r.i32()?;
-    if n < 0 {
+    let Some(n) = read_map_len(&mut r)? else {
         return Ok(Vec::with_capacity(extra));
-    }
-    let n = n as usize;
-    if n > MAX_ENTRIES || n > r.remaining() {
-        return Err(WireError::Invalid(format!(
-            "map of {n} entries is too large"
-        )));
-    }
+    };
     let mut out = Vec::with_capacity(n.min(1024) + extra);
     for _ in 0..n {
         let len = r.u16()? as usize;

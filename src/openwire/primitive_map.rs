@@ -23,7 +23,7 @@ pub enum MapValue {
     List(Vec<MapValue>),
 }
 
-pub const MAX_ENTRIES: usize = 1 << 20;
+const MAX_ENTRIES: usize = 1 << 20;
 const MAX_DEPTH: usize = 16;
 
 /// Decodes a map; `None` for the null map (count -1).
@@ -33,7 +33,9 @@ pub fn decode_map(bytes: &Bytes) -> Result<Option<Vec<(String, MapValue)>>> {
     Ok(map)
 }
 
-fn read_map(r: &mut Reader, depth: usize) -> Result<Option<Vec<(String, MapValue)>>> {
+/// A map's entry count (`None` for the null map), refused when it could
+/// not fit in what is left.
+pub fn read_map_len(r: &mut Reader) -> Result<Option<usize>> {
     let n = r.i32()?;
     if n < 0 {
         return Ok(None);
@@ -44,6 +46,13 @@ fn read_map(r: &mut Reader, depth: usize) -> Result<Option<Vec<(String, MapValue
             "map of {n} entries is too large"
         )));
     }
+    Ok(Some(n))
+}
+
+fn read_map(r: &mut Reader, depth: usize) -> Result<Option<Vec<(String, MapValue)>>> {
+    let Some(n) = read_map_len(r)? else {
+        return Ok(None);
+    };
     let mut out = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         let key = r.utf()?;
