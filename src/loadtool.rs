@@ -46,6 +46,11 @@ pub struct CommonArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Threads running the clients. One (the default) keeps every client
+    /// on the thread that reads and writes its socket: at these message
+    /// rates, handing work between threads costs more CPU than it buys.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(clap::Args, Clone, Debug)]

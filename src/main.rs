@@ -93,8 +93,26 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn run_tool(cmd: Cmd) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
+    let threads = match &cmd {
+        Cmd::Producer(a) => a.common.threads,
+        Cmd::Consumer(a) => a.common.threads,
+    };
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferromq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let (result, json) = runtime.block_on(async {
         match cmd {

@@ -17,6 +17,7 @@ fn common(url: String, destination: &str, count: u64, clients: usize) -> CommonA
         duration: None,
         timeout: 60.0,
         json: false,
+        threads: 1,
     }
 }
 
