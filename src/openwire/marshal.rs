@@ -40,8 +40,13 @@ impl Format {
 pub struct ReadCache {
     slots: Vec<Value>,
     /// Slots written by the frame being decoded: applied only if it decodes
-    /// completely (a frame without size prefix may be retried with more bytes).
+    /// completely (a frame without size prefix may be retried with more
+    /// bytes). One entry per slot, however often the frame writes it.
     pending: Vec<(usize, Value)>,
+    /// Per slot, 1 + its entry's index in `pending` (0: not written by this
+    /// frame), so that a frame full of cache writes and reads costs each
+    /// one a lookup, not a scan.
+    pending_at: Vec<u32>,
 }
 
 impl ReadCache {
@@ -49,6 +54,7 @@ impl ReadCache {
         ReadCache {
             slots: vec![Value::Null; size],
             pending: Vec::new(),
+            pending_at: vec![0; size],
         }
     }
 
@@ -63,10 +69,10 @@ impl ReadCache {
 
     fn get(&self, index: i16) -> Result<Value> {
         let i = self.slot(index)?;
-        if let Some((_, v)) = self.pending.iter().rev().find(|(j, _)| *j == i) {
-            return Ok(v.clone());
+        match self.pending_at[i] {
+            0 => Ok(self.slots[i].clone()),
+            at => Ok(self.pending[at as usize - 1].1.clone()),
         }
-        Ok(self.slots[i].clone())
     }
 
     fn put(&mut self, index: i16, value: Value) -> Result<()> {
@@ -74,18 +80,27 @@ impl ReadCache {
             return Ok(()); // sent inline, not stored
         }
         let i = self.slot(index)?;
-        self.pending.push((i, value));
+        match self.pending_at[i] {
+            0 => {
+                self.pending.push((i, value));
+                self.pending_at[i] = self.pending.len() as u32;
+            }
+            at => self.pending[at as usize - 1].1 = value,
+        }
         Ok(())
     }
 
     fn commit(&mut self) {
         for (i, v) in self.pending.drain(..) {
             self.slots[i] = v;
+            self.pending_at[i] = 0;
         }
     }
 
     fn rollback(&mut self) {
-        self.pending.clear();
+        for (i, _) in self.pending.drain(..) {
+            self.pending_at[i] = 0;
+        }
     }
 }
 
@@ -1300,5 +1315,35 @@ impl Encoder<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod read_cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_writes_slots_once_and_commits_or_rolls_back() {
+        let mut c = ReadCache::new(4);
+        c.put(1, Value::Int(1)).unwrap();
+        c.commit();
+        // One frame rewriting the same slot many times keeps one entry.
+        for n in 0..10_000 {
+            c.put(2, Value::Int(n)).unwrap();
+        }
+        c.put(1, Value::Int(7)).unwrap();
+        assert_eq!(c.pending.len(), 2);
+        assert_eq!(c.get(2).unwrap(), Value::Int(9_999));
+        assert_eq!(c.get(1).unwrap(), Value::Int(7));
+        assert_eq!(c.get(3).unwrap(), Value::Null);
+        c.rollback();
+        assert_eq!(c.get(1).unwrap(), Value::Int(1));
+        assert_eq!(c.get(2).unwrap(), Value::Null);
+        c.put(2, Value::Int(5)).unwrap();
+        c.put(-1, Value::Int(6)).unwrap();
+        c.commit();
+        assert_eq!(c.get(2).unwrap(), Value::Int(5));
+        assert!(c.get(4).is_err() && c.put(-2, Value::Null).is_err());
+        assert!(c.pending_at.iter().all(|&a| a == 0));
     }
 }
