@@ -97,9 +97,14 @@ pub fn throwable(class: &str, message: &str) -> Value {
 /// Bodies may not inflate past this (a decompression bomb is refused).
 const MAX_INFLATED: usize = 128 * 1024 * 1024;
 
-fn inflate(data: &[u8]) -> Result<Vec<u8>, ConvertError> {
-    miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, MAX_INFLATED)
-        .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))
+/// Inflates a compressed body, to at most `limit` bytes (what the message
+/// says it holds, when it says). The result holds no spare capacity: the
+/// message's memory is counted by its length.
+fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, ConvertError> {
+    let mut v = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, limit)
+        .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))?;
+    v.shrink_to_fit();
+    Ok(v)
 }
 
 /// The text of the last producer (or consumer) id a connection received:
@@ -184,7 +189,7 @@ pub fn message_from_parts(
     let (body_kind, body) = match p.type_id {
         schema::ACTIVEMQ_TEXT_MESSAGE => {
             let raw = match content {
-                Some(c) if compressed => Bytes::from(inflate(&c)?),
+                Some(c) if compressed => Bytes::from(inflate(&c, MAX_INFLATED)?),
                 Some(c) => c,
                 None => Bytes::new(),
             };
@@ -207,8 +212,11 @@ pub fn message_from_parts(
             let body = match content {
                 Some(c) if compressed && c.len() >= 4 => {
                     let n = i32::from_be_bytes(c[..4].try_into().expect("4 bytes")).max(0) as usize;
-                    let mut v = inflate(&c[4..])?;
+                    // A little past the declared length, so that the end
+                    // of the stream fits; the rest is cut off.
+                    let mut v = inflate(&c[4..], n.min(MAX_INFLATED).saturating_add(64))?;
                     v.truncate(n);
+                    v.shrink_to_fit();
                     Bytes::from(v)
                 }
                 Some(c) => c,
@@ -225,7 +233,7 @@ pub fn message_from_parts(
                 _ => BodyKind::Stream,
             };
             let body = match content {
-                Some(c) if compressed => Bytes::from(inflate(&c)?),
+                Some(c) if compressed => Bytes::from(inflate(&c, MAX_INFLATED)?),
                 Some(c) => c,
                 None => Bytes::new(),
             };
@@ -910,6 +918,27 @@ mod tests {
         assert_eq!(split_id("ID:h-1-2-1:3:-1:7"), ("ID:h-1-2-1:3", -1, 7));
         let v = producer_id_value("ID:h-1-2-1:3:2:9");
         assert_eq!(id_string(v.as_struct().unwrap()), "ID:h-1-2-1:3:2:9");
+    }
+
+    #[test]
+    fn compressed_bytes_bodies_inflate_to_their_declared_length_only() {
+        let m = sample_messages().swap_remove(0);
+        let mut s = message_to_struct(&m, 0, 1, 0, &mut ValueMemo::default());
+        s.type_id = schema::ACTIVEMQ_BYTES_MESSAGE;
+        s.set("compressed", Value::Bool(true));
+        let compressed = |n: i32, data: &[u8]| {
+            let mut c = n.to_be_bytes().to_vec();
+            c.extend(miniz_oxide::deflate::compress_to_vec_zlib(data, 6));
+            Value::Bytes(Bytes::from(c))
+        };
+        let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        s.set("content", compressed(1000, &body));
+        let m = message_from_struct(&s, 9, &mut IdMemo::default()).unwrap();
+        assert_eq!(&m.body[..], &body[..]);
+        // A bomb: a few bytes declared, megabytes inside. It is refused
+        // rather than held (and counted as a few bytes).
+        s.set("content", compressed(4, &vec![0u8; 8 << 20]));
+        assert!(message_from_struct(&s, 9, &mut IdMemo::default()).is_err());
     }
 
     #[test]
