@@ -223,6 +223,10 @@ pub struct OpenWireCodec {
     cache: ReadCache,
     max_frame_size: u64,
     fast_paths: bool,
+    /// Without size prefixes: the buffer length the last attempt needed at
+    /// least, so that a frame trickling in is not decoded again from the
+    /// start on every read, only once more bytes can make a difference.
+    retry_at: usize,
 }
 
 impl OpenWireCodec {
@@ -232,6 +236,7 @@ impl OpenWireCodec {
             cache: ReadCache::new(0),
             max_frame_size,
             fast_paths: false,
+            retry_at: 0,
         }
     }
 
@@ -311,19 +316,25 @@ impl Decoder for OpenWireCodec {
         if buf.is_empty() {
             return Ok(None);
         }
+        if buf.len() < self.retry_at {
+            return Ok(None);
+        }
         let bytes = Bytes::copy_from_slice(buf);
         match marshal::decode(&bytes, &self.format, &mut self.cache) {
             Ok((s, used)) => {
+                self.retry_at = 0;
                 buf.advance(used);
                 Ok(Some(Inbound::Struct(s)))
             }
-            Err(WireError::Truncated { .. }) => {
+            Err(WireError::Truncated { needed }) => {
                 if buf.len() as u64 > self.max_frame_size {
                     return Err(CodecError::TooLarge {
                         size: buf.len() as u64,
                         max: self.max_frame_size,
                     });
                 }
+                self.retry_at = buf.len() + needed.max(1);
+                buf.reserve(needed.min(1 << 20));
                 Ok(None)
             }
             Err(e) => Err(e.into()),

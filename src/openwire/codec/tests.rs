@@ -294,3 +294,41 @@ fn arbitrary_bytes_never_panic_the_decoder() {
     }
     assert!(agreed > 0 && refused > 0, "{agreed} {refused}");
 }
+
+#[test]
+fn frames_without_size_prefix_decode_as_they_trickle_in() {
+    let c2s = std::fs::read(dir().join("queue-send-receive-text.c2s.bin")).unwrap();
+    let s2c = std::fs::read(dir().join("queue-send-receive-text.s2c.bin")).unwrap();
+    let (client, rest) = handshake(&c2s);
+    let n = negotiate(&handshake(&s2c).0, &client).unwrap();
+    let structs: Vec<Struct> = decode_rest(rest, &n)
+        .structs()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    // The same commands, written without size prefixes.
+    let mut unprefixed = n;
+    unprefixed.format.size_prefix = false;
+    let mut writer = FrameWriter::new(unprefixed.format);
+    let mut stream = Vec::new();
+    for s in &structs {
+        writer.encode(s, &mut stream).unwrap();
+    }
+    let mut codec = OpenWireCodec::new(u64::MAX);
+    codec.negotiated(&unprefixed);
+    let mut buf = BytesMut::new();
+    let mut decoded = Vec::new();
+    for chunk in stream.chunks(7) {
+        buf.extend_from_slice(chunk);
+        while let Some(item) = codec.decode(&mut buf).unwrap() {
+            decoded.push(item.into_struct().unwrap());
+        }
+        // An incomplete frame waits for the bytes it lacks: asking again
+        // without them does not decode it again.
+        if !buf.is_empty() {
+            assert!(codec.retry_at > buf.len());
+        }
+    }
+    assert!(buf.is_empty());
+    assert_eq!(decoded, structs);
+}
