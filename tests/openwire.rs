@@ -37,6 +37,15 @@ async fn handshake_broker_info_and_connection_registration() {
     let cid = c.send(early).await;
     let r = c.expect(schema::EXCEPTION_RESPONSE).await;
     assert_eq!(r.int("correlationId"), cid);
+    // So is an acknowledgement (which the fast ack decoder takes).
+    let early_ack = Struct::new(schema::MESSAGE_ACK)
+        .with("responseRequired", Value::Bool(true))
+        .with("ackType", Value::Byte(2))
+        .with("messageCount", Value::Int(1));
+    let cid = c.send(early_ack).await;
+    let r = c.expect(schema::EXCEPTION_RESPONSE).await;
+    assert_eq!(r.int("correlationId"), cid);
+    assert!(format!("{:?}", r.get("exception")).contains("IllegalStateException"));
     c.register().await;
     assert_eq!(
         c.expect(schema::CONNECTION_CONTROL).await.type_id,

@@ -922,28 +922,17 @@ impl Session {
     /// A MessageAck from the fast decoder: as [`Session::on_command`] does
     /// for any command.
     async fn on_ack_frame(&mut self, a: &AckFrame) {
-        let result = self.on_ack(a);
-        match result {
-            Ok(_) => {
-                if a.response_required {
-                    self.send(
-                        Struct::new(schema::RESPONSE)
-                            .with("correlationId", Value::Int(a.command_id)),
-                    )
-                    .await;
-                }
-            }
-            Err(e) => {
-                if a.response_required {
-                    let r = Struct::new(schema::EXCEPTION_RESPONSE)
-                        .with("correlationId", Value::Int(a.command_id))
-                        .with("exception", throwable(e.class, &e.message));
-                    self.send(r).await;
-                } else {
-                    self.connection_error(e).await;
-                }
-            }
-        }
+        let result = match self.connection_id {
+            None => Err(not_registered()),
+            Some(_) => self.on_ack(a),
+        };
+        self.answer(
+            schema::MESSAGE_ACK,
+            a.command_id,
+            a.response_required,
+            result,
+        )
+        .await;
     }
 
     fn on_ack(&mut self, c: &AckFrame) -> Result<Reply, JmsError> {
