@@ -526,6 +526,7 @@ fn with_decoder<T>(
             format,
             cache,
             depth: 0,
+            array_items: 0,
         };
         return f(type_id, &mut d);
     }
@@ -548,6 +549,7 @@ fn with_decoder<T>(
         format,
         cache,
         depth: 0,
+        array_items: 0,
     };
     f(type_id, &mut d)
 }
@@ -565,9 +567,15 @@ struct Decoder<'a, 'b, 'c> {
     format: &'a Format,
     cache: &'a mut ReadCache,
     depth: usize,
+    /// Array items decoded so far in this frame.
+    array_items: usize,
 }
 
 const MAX_DEPTH: usize = 32;
+/// Array items one frame may hold, all its arrays together. Real commands
+/// carry a few (broker paths); without a limit, a loose-encoded frame of
+/// one-byte null items would decode to ~40 times its size in memory.
+const MAX_ARRAY_ITEMS: usize = 65_536;
 
 impl Decoder<'_, '_, '_> {
     /// MessageAck's fields after the type byte; `None` when a message id
@@ -872,6 +880,12 @@ impl Decoder<'_, '_, '_> {
                     let n = self.r.i16()?;
                     if n < 0 {
                         return Err(WireError::Invalid("negative array length".into()));
+                    }
+                    self.array_items += n as usize;
+                    if self.array_items > MAX_ARRAY_ITEMS {
+                        return Err(WireError::Invalid(format!(
+                            "more than {MAX_ARRAY_ITEMS} array items in one frame"
+                        )));
                     }
                     let mut items = Vec::with_capacity((n as usize).min(64));
                     for _ in 0..n {
@@ -1319,7 +1333,7 @@ impl Encoder<'_> {
 }
 
 #[cfg(test)]
-mod read_cache_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -1345,5 +1359,42 @@ mod read_cache_tests {
         assert_eq!(c.get(2).unwrap(), Value::Int(5));
         assert!(c.get(4).is_err() && c.put(-2, Value::Null).is_err());
         assert!(c.pending_at.iter().all(|&a| a == 0));
+    }
+
+    #[test]
+    fn a_frame_may_not_hold_more_than_so_many_array_items() {
+        let format = Format {
+            version: 12,
+            ..Format::INITIAL
+        };
+        let peers = |n: usize| Value::Arr(vec![Value::Null; n]);
+        let info = |peers_per: usize, k: usize| {
+            let inner: Vec<Value> = (0..k)
+                .map(|_| {
+                    Value::obj(
+                        Struct::new(schema::BROKER_INFO).with("peerBrokerInfos", peers(peers_per)),
+                    )
+                })
+                .collect();
+            Struct::new(schema::BROKER_INFO).with("peerBrokerInfos", Value::Arr(inner))
+        };
+        let decode_it = |s: &Struct| {
+            let mut out = Vec::new();
+            encode(s, &format, &mut WriteCache::new(0), &mut out).unwrap();
+            // Without its size prefix, as the codec hands it over.
+            decode(
+                &Bytes::copy_from_slice(&out[4..]),
+                &format,
+                &mut ReadCache::new(0),
+            )
+        };
+        // Two peers of 32 000 nulls each: within the limit.
+        let (back, _) = decode_it(&info(32_000, 2)).unwrap();
+        assert_eq!(back, info(32_000, 2));
+        // Three: refused.
+        assert!(matches!(
+            decode_it(&info(32_000, 3)),
+            Err(WireError::Invalid(_))
+        ));
     }
 }
