@@ -220,6 +220,28 @@ impl Message {
         self.expiration > 0 && now >= self.expiration
     }
 
+    /// Gives the message buffers of its own. A protocol may hand over a
+    /// body, property names and values, or headers that are slices of the
+    /// buffer the frame was read into, shared with the other frames of the
+    /// same read: cheap for a message that is passed on at once, but one
+    /// that waits keeps that whole buffer alive, more than it counts (a
+    /// backlog that is consumed out of order, by selectors or priorities,
+    /// would keep every buffer any of its messages came in).
+    pub fn compact(&mut self) {
+        if !self.body.is_empty() {
+            self.body = Bytes::copy_from_slice(&self.body);
+        }
+        own_property_strings(&mut self.properties);
+        if let Some(e) = self.extras.as_mut() {
+            for s in [&mut e.correlation_id, &mut e.jms_type]
+                .into_iter()
+                .flatten()
+            {
+                *s = ByteStr::from(s.as_str());
+            }
+        }
+    }
+
     /// An estimate of the memory this message holds, for destination limits.
     pub fn memory_size(&self) -> usize {
         let props: usize = self
@@ -235,6 +257,39 @@ impl Message {
             })
             .sum();
         256 + self.body.len() + props
+    }
+}
+
+/// Moves the strings of `props` (names and string values) into one buffer
+/// of their own.
+pub fn own_property_strings(props: &mut [(ByteStr, PropValue)]) {
+    let value_len = |v: &PropValue| match v {
+        PropValue::String(s) => s.len(),
+        _ => 0,
+    };
+    let total: usize = props.iter().map(|(k, v)| k.len() + value_len(v)).sum();
+    if total == 0 {
+        return;
+    }
+    let mut buf = Vec::with_capacity(total);
+    for (k, v) in props.iter() {
+        buf.extend_from_slice(k.as_bytes());
+        if let PropValue::String(s) = v {
+            buf.extend_from_slice(s.as_bytes());
+        }
+    }
+    let buf = ByteStr::from_utf8(Bytes::from(buf)).expect("UTF-8 strings end to end");
+    let mut at = 0;
+    let mut take = |s: &mut ByteStr| {
+        let n = s.len();
+        *s = buf.slice(at..at + n);
+        at += n;
+    };
+    for (k, v) in props.iter_mut() {
+        take(k);
+        if let PropValue::String(s) = v {
+            take(s);
+        }
     }
 }
 

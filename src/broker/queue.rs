@@ -160,7 +160,16 @@ impl Queue {
 
     /// As [`Queue::send`]; also says whether a consumer has the message now
     /// (nothing is left pending after dispatching it).
-    pub fn send_dispatched(&self, message: Arc<Message>) -> (bool, bool) {
+    pub fn send_dispatched(&self, mut message: Arc<Message>) -> (bool, bool) {
+        // A backlog keeps its messages for long: past a sixteenth of the
+        // limit, a message nobody else holds gets buffers of its own (see
+        // `Message::compact`), so that what the backlog keeps is what it
+        // counts. A queue that keeps up pays nothing.
+        if self.memory.load(Ordering::Relaxed) > self.memory_limit / 16 {
+            if let Some(m) = Arc::get_mut(&mut message) {
+                m.compact();
+            }
+        }
         let size = message.memory_size();
         self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
         let dead = {

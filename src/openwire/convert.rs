@@ -345,38 +345,9 @@ fn decode_properties(
         out.push((key, v));
     }
     if !share {
-        rehome(&mut out);
+        crate::broker::message::own_property_strings(&mut out);
     }
     Ok(out)
-}
-
-/// Moves the strings of `props` into one buffer of their own.
-fn rehome(props: &mut [(ByteStr, PropValue)]) {
-    let value_len = |v: &PropValue| match v {
-        PropValue::String(s) => s.len(),
-        _ => 0,
-    };
-    let total: usize = props.iter().map(|(k, v)| k.len() + value_len(v)).sum();
-    let mut buf = Vec::with_capacity(total);
-    for (k, v) in props.iter() {
-        buf.extend_from_slice(k.as_bytes());
-        if let PropValue::String(s) = v {
-            buf.extend_from_slice(s.as_bytes());
-        }
-    }
-    let buf = ByteStr::from_utf8(Bytes::from(buf)).expect("UTF-8 strings end to end");
-    let mut at = 0;
-    let mut take = |s: &mut ByteStr| {
-        let n = s.len();
-        *s = buf.slice(at..at + n);
-        at += n;
-    };
-    for (k, v) in props.iter_mut() {
-        take(k);
-        if let PropValue::String(s) = v {
-            take(s);
-        }
-    }
 }
 
 /// `len` bytes of modified UTF-8 as a string: a slice of the reader's

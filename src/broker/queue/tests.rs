@@ -1,6 +1,6 @@
 use super::*;
 use crate::broker::destination::Destination;
-use crate::broker::message::{BodyKind, MessageId};
+use crate::broker::message::{BodyKind, MessageId, PropValue};
 use crate::broker::subscription::DeliverySink;
 use crate::broker::CoreConfig;
 use bytes::Bytes;
@@ -441,4 +441,51 @@ fn a_durable_subscription_skips_a_paged_message_no_longer_in_the_journal() {
     assert_eq!(sink.bodies(), ["kept"]);
     assert_eq!(q.pending_count(), 0);
     store.close();
+}
+
+#[test]
+fn a_backlog_keeps_its_messages_in_buffers_of_their_own() {
+    let (_b, q) = setup();
+    // As a protocol hands them over: body and property slices of the
+    // buffer a read filled, shared with the other frames of that read.
+    let read = Bytes::from(vec![b'x'; 8192]);
+    let within =
+        |p: *const u8| (read.as_ptr()..read.as_ptr().wrapping_add(read.len())).contains(&p);
+    let framed = |seq: u64| {
+        let mut m = Message::new(
+            MessageId {
+                producer: Arc::from("ID:test-1:1:1:1"),
+                seq,
+            },
+            Destination::queue("q"),
+            BodyKind::Bytes,
+            read.slice(100..356),
+        );
+        let key = crate::bstr::ByteStr::from_utf8(read.slice(10..13)).unwrap();
+        m.properties.push((key, PropValue::Int(1)));
+        m.extras_mut().correlation_id =
+            Some(crate::bstr::ByteStr::from_utf8(read.slice(20..24)).unwrap());
+        Arc::new(m)
+    };
+    // A queue that keeps up passes them on as they are.
+    q.send(framed(0));
+    let kept = q.browse();
+    assert!(within(kept[0].body.as_ptr()));
+    // Past a sixteenth of the memory limit, they get buffers of their own,
+    // with the same contents.
+    let big = "y".repeat(4096);
+    let n = q.memory_limit / 16 / big.len() + 1;
+    for i in 0..n {
+        q.send(msg(1 + i as u64, &big, false));
+    }
+    q.send(framed(1_000_000));
+    let last = q.browse().pop().unwrap();
+    assert_eq!(last.id.seq, 1_000_000);
+    assert!(!within(last.body.as_ptr()));
+    assert!(!within(last.properties[0].0.as_bytes().as_ptr()));
+    let corr = last.extras().correlation_id.as_ref().unwrap();
+    assert!(!within(corr.as_bytes().as_ptr()));
+    assert_eq!(&last.body[..], &read[100..356]);
+    assert_eq!(&*last.properties[0].0, "xxx");
+    assert_eq!(corr.as_str(), "xxxx");
 }
