@@ -72,6 +72,15 @@ struct QueueState {
     next_order: u64,
     /// Message groups (JMSXGroupID) and the consumer each belongs to.
     groups: std::collections::HashMap<crate::bstr::ByteStr, u64>,
+    /// How many pending messages, from the front, no consumer's selector
+    /// takes: dispatching starts after them (each dispatch would otherwise
+    /// evaluate selectors over the whole unselected backlog again). Valid
+    /// while the consumers stay the same; shrinks when a message is put
+    /// back among them.
+    unselected: usize,
+    /// When the unselected front was last looked at again (milliseconds),
+    /// for its messages' expiry.
+    unselected_checked: i64,
 }
 
 /// Counters a console or test can read without taking the lock.
@@ -207,7 +216,7 @@ impl Queue {
     fn hold(&self, st: &mut QueueState, order: u64, message: Arc<Message>) {
         self.memory
             .fetch_add(message.memory_size(), Ordering::Relaxed);
-        insert_pending(
+        let at = insert_pending(
             &mut st.pending,
             Entry {
                 order,
@@ -215,6 +224,7 @@ impl Queue {
                 redelivery_count: 0,
             },
         );
+        st.unselected = st.unselected.min(at);
     }
 
     /// Whether a message may be paged out: a persistent one, of a queue or
@@ -354,6 +364,7 @@ impl Queue {
         let dead = {
             let mut st = self.lock();
             st.consumers.push(ConsumerSlot::new(spec));
+            st.unselected = 0;
             self.dispatch(&mut st)
         };
         self.finish(dead, Vec::new());
@@ -397,7 +408,8 @@ impl Queue {
                 }
                 back.push(entry);
             }
-            requeue(&mut st.pending, back);
+            let first = requeue(&mut st.pending, back);
+            st.unselected = st.unselected.min(first);
             // Released before dispatching, which may page messages in.
             self.release(freed);
             (true, self.dispatch(&mut st))
@@ -637,7 +649,12 @@ impl Queue {
                 .iter()
                 .position(|e| e.message.store_id == store_id)
             {
-                Some(pos) => st.pending.remove(pos),
+                Some(pos) => {
+                    if pos < st.unselected {
+                        st.unselected -= 1;
+                    }
+                    st.pending.remove(pos)
+                }
                 None => None,
             }
         };
@@ -693,6 +710,7 @@ impl Queue {
         let (freed, paged) = {
             let mut st = self.lock();
             let freed = st.pending.drain(..).map(|e| e.message.memory_size()).sum();
+            st.unselected = 0;
             let paged: Vec<Op> = st
                 .paged
                 .drain(..)
@@ -750,8 +768,18 @@ impl Queue {
             .consumers
             .iter()
             .position(|c| c.spec.exclusive && !c.dead);
-        let mut at = 0;
-        'messages: while at < st.pending.len() && at < MAX_SCAN {
+        // The front no consumer selects is skipped; once a second, it is
+        // looked at again, for expired messages.
+        if st.unselected > 0 {
+            let now = *now.get_or_insert_with(now_millis);
+            if now - st.unselected_checked >= 1000 {
+                st.unselected_checked = now;
+                st.unselected = 0;
+            }
+        }
+        let mut at = st.unselected;
+        let scan_end = at + MAX_SCAN;
+        'messages: while at < st.pending.len() && at < scan_end {
             let front = &st.pending[at];
             if front.message.expiration > 0
                 && front
@@ -826,6 +854,12 @@ impl Queue {
             if !any_credit {
                 break;
             }
+            if at == st.unselected {
+                let m = &st.pending[at].message;
+                if !st.consumers.iter().any(|c| !c.dead && c.accepts(m)) {
+                    st.unselected += 1;
+                }
+            }
             at += 1;
         }
     }
@@ -897,10 +931,15 @@ const MAX_GROUPS: usize = 65_536;
 
 /// Puts entries (sorted by order) back among the pending ones, keeping the
 /// destination's original order.
-fn requeue(pending: &mut VecDeque<Entry>, back: Vec<Entry>) {
+/// Returns the lowest position one went to (`pending.len()` when none did).
+fn requeue(pending: &mut VecDeque<Entry>, back: Vec<Entry>) -> usize {
+    let mut first = usize::MAX;
     for entry in back.into_iter().rev() {
-        insert_pending(pending, entry);
+        // Later ones went in at or after it: an insertion before them
+        // shifts them, not `first`.
+        first = first.min(insert_pending(pending, entry));
     }
+    first.min(pending.len())
 }
 
 /// Pending messages are kept highest JMS priority first, then in arrival
@@ -910,14 +949,19 @@ fn pending_key(e: &Entry) -> (std::cmp::Reverse<u8>, u64) {
     (std::cmp::Reverse(e.message.priority), e.order)
 }
 
-fn insert_pending(pending: &mut VecDeque<Entry>, entry: Entry) {
+/// Returns where it went.
+fn insert_pending(pending: &mut VecDeque<Entry>, entry: Entry) -> usize {
     let key = pending_key(&entry);
     match pending.back() {
         Some(last) if pending_key(last) > key => {
             let pos = pending.partition_point(|e| pending_key(e) < key);
             pending.insert(pos, entry);
+            pos
         }
-        _ => pending.push_back(entry),
+        _ => {
+            pending.push_back(entry);
+            pending.len() - 1
+        }
     }
 }
 

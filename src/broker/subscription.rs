@@ -103,6 +103,10 @@ impl ConsumerSlot {
 
     /// Whether the consumer's selector (if any) selects the message.
     pub fn accepts(&self, m: &Message) -> bool {
+        #[cfg(test)]
+        if self.spec.selector.is_some() {
+            SELECTOR_EVALUATIONS.with(|n| n.set(n.get() + 1));
+        }
         self.spec.selector.as_ref().is_none_or(|s| s.matches(m))
     }
 
@@ -126,4 +130,11 @@ impl ConsumerSlot {
         let end = self.in_flight.partition_point(|f| f.seq <= last);
         start..end.max(start)
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Selector evaluations on this thread (dispatching runs on the thread
+    /// that sends or acknowledges): what a test can bound dispatching's work by.
+    pub static SELECTOR_EVALUATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }

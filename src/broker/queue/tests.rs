@@ -489,3 +489,77 @@ fn a_backlog_keeps_its_messages_in_buffers_of_their_own() {
     assert_eq!(&*last.properties[0].0, "xxx");
     assert_eq!(corr.as_str(), "xxxx");
 }
+
+#[test]
+fn a_backlog_no_selector_takes_is_not_evaluated_again_at_every_dispatch() {
+    use crate::broker::selector::Selector;
+    use crate::broker::subscription::SELECTOR_EVALUATIONS;
+    let evaluations = || SELECTOR_EVALUATIONS.with(|n| n.get());
+    let (_b, q) = setup();
+    let colored = |seq: u64, color: &str| {
+        let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
+        m.properties
+            .push(("color".into(), PropValue::String(color.into())));
+        Arc::new(m)
+    };
+    let (mut red, sr) = consumer(1, 1);
+    red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
+    q.add_consumer(red);
+    // 5 000 green ones nobody selects, then red and green ones mixed, each
+    // red one taken and acknowledged one at a time (prefetch 1).
+    for i in 0..5_000 {
+        q.send(colored(i, "green"));
+    }
+    let before = evaluations();
+    let mut got = Vec::new();
+    for i in 5_000..7_000u64 {
+        q.send(colored(i, if i % 2 == 0 { "red" } else { "green" }));
+        for d in sr.take() {
+            got.push(d.message.id.seq);
+            q.ack(1, d.seq, true, AckAction::Consume).unwrap();
+        }
+    }
+    assert_eq!(got, (5_000..7_000).step_by(2).collect::<Vec<_>>());
+    // Each message is evaluated a few times, not the whole green front at
+    // every dispatch (that was 5 000 evaluations per send and per ack).
+    let spent = evaluations() - before;
+    assert!(spent < 20_000, "{spent} selector evaluations");
+    assert_eq!(q.pending_count(), 6_000);
+    // A consumer that takes them gets the skipped ones too, in order.
+    let (plain, sp) = consumer(2, 10_000);
+    q.add_consumer(plain);
+    let all: Vec<u64> = sp.take().iter().map(|d| d.message.id.seq).collect();
+    assert_eq!(all.len(), 6_000);
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(all[0], 0);
+}
+
+#[test]
+fn a_message_put_back_among_the_unselected_is_dispatched() {
+    use crate::broker::selector::Selector;
+    let (_b, q) = setup();
+    let colored = |seq: u64, color: &str| {
+        let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
+        m.properties
+            .push(("color".into(), PropValue::String(color.into())));
+        Arc::new(m)
+    };
+    // A plain consumer takes a red message and holds it.
+    let (plain, sp) = consumer(1, 1);
+    q.add_consumer(plain);
+    q.send(colored(0, "red"));
+    assert_eq!(sp.bodies(), ["red0"]);
+    // Behind it, green ones; the plain consumer is full, the red one does
+    // not select them: they are the unselected front.
+    let (mut red, sr) = consumer(2, 10);
+    red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
+    q.add_consumer(red);
+    for i in 1..50 {
+        q.send(colored(i, "green"));
+    }
+    // The plain consumer goes: its red message goes back in front of them,
+    // and the red consumer gets it.
+    assert!(q.remove_consumer(1, 0, false));
+    assert_eq!(sr.bodies(), ["red0"]);
+    assert_eq!(q.pending_count(), 49);
+}
