@@ -228,9 +228,12 @@ impl Message {
     /// backlog that is consumed out of order, by selectors or priorities,
     /// would keep every buffer any of its messages came in).
     pub fn compact(&mut self) {
-        if !self.body.is_empty() {
-            self.body = Bytes::copy_from_slice(&self.body);
-        }
+        // (An empty slice still holds its buffer.)
+        self.body = if self.body.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&self.body)
+        };
         own_property_strings(&mut self.properties);
         if let Some(e) = self.extras.as_mut() {
             for s in [&mut e.correlation_id, &mut e.jms_type]

@@ -1040,6 +1040,13 @@ impl Broker {
     /// message as the destinations.
     pub fn persist(&self, target: &Target, mut m: Message) -> (Arc<Message>, Option<Op>) {
         let subs = self.persist_plan(target, &mut m);
+        // The journal's record holds the message too: a queue cannot give
+        // it buffers of its own later (see `Queue::compacts`).
+        if let (Some(_), Target::Queue(q)) = (&subs, target) {
+            if q.compacts(&m) {
+                m.compact();
+            }
+        }
         let m = Arc::new(m);
         let op = subs.map(|subs| Op::Add {
             id: m.store_id,

@@ -185,3 +185,54 @@ fn wildcard_subscriptions_cover_existing_and_new_topics() {
     assert_eq!(c.count(), 2, "nothing after unsubscribe");
     assert_eq!(broker.topic("stock.ibm").subscription_count(), 0);
 }
+
+#[tokio::test]
+async fn persistent_messages_into_a_backlog_get_buffers_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) =
+        crate::store::Store::open(crate::store::StoreConfig::new(dir.path().to_path_buf()))
+            .unwrap();
+    let broker = Broker::with_store(CoreConfig::default(), Some(store));
+    let target = broker.resolve(&Destination::queue("p")).unwrap();
+    let Target::Queue(q) = &target else {
+        panic!("a queue")
+    };
+    let read = Bytes::from(vec![b'x'; 8192]);
+    let within =
+        |p: *const u8| (read.as_ptr()..read.as_ptr().wrapping_add(read.len())).contains(&p);
+    let framed = |seq: u64, body: Bytes| {
+        let mut m = Message::new(
+            MessageId {
+                producer: Arc::from("ID:t-1:1:1"),
+                seq,
+            },
+            Destination::queue("p"),
+            BodyKind::Bytes,
+            body,
+        );
+        m.persistent = true;
+        m
+    };
+    broker
+        .send(&target, framed(0, read.slice(0..256)))
+        .await
+        .unwrap();
+    assert!(within(q.browse()[0].body.as_ptr()));
+    // A backlog past a sixteenth of the limit (below half: still in memory).
+    let n = CoreConfig::default().destination_memory_limit / 16 / 4096 + 1;
+    for i in 1..=n as u64 {
+        broker
+            .send(&target, framed(i, Bytes::from(vec![b'y'; 4096])))
+            .await
+            .unwrap();
+    }
+    broker
+        .send(&target, framed(1_000_000, read.slice(300..556)))
+        .await
+        .unwrap();
+    let last = q.browse().pop().unwrap();
+    assert_eq!(last.id.seq, 1_000_000);
+    assert!(!within(last.body.as_ptr()));
+    assert_eq!(&last.body[..], &read[300..556]);
+    broker.close_store();
+}
