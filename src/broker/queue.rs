@@ -78,9 +78,8 @@ struct QueueState {
     /// while the consumers stay the same; shrinks when a message is put
     /// back among them.
     unselected: usize,
-    /// When the unselected front was last looked at again (milliseconds),
-    /// for its messages' expiry.
-    unselected_checked: i64,
+    /// When the unselected front was last looked at for expired messages.
+    unselected_checked: Option<std::time::Instant>,
 }
 
 /// Counters a console or test can read without taking the lock.
@@ -170,11 +169,7 @@ impl Queue {
     /// As [`Queue::send`]; also says whether a consumer has the message now
     /// (nothing is left pending after dispatching it).
     pub fn send_dispatched(&self, mut message: Arc<Message>) -> (bool, bool) {
-        // A backlog keeps its messages for long: past a sixteenth of the
-        // limit, a message nobody else holds gets buffers of its own (see
-        // `Message::compact`), so that what the backlog keeps is what it
-        // counts. A queue that keeps up pays nothing.
-        if self.memory.load(Ordering::Relaxed) > self.memory_limit / 16 {
+        if self.compacts(&message) {
             if let Some(m) = Arc::get_mut(&mut message) {
                 m.compact();
             }
@@ -210,6 +205,16 @@ impl Queue {
         let (dead, dispatched) = dead;
         self.finish(dead, Vec::new());
         (self.over_limit(), dispatched)
+    }
+
+    /// Whether a message sent now should get buffers of its own (see
+    /// [`Message::compact`]): the queue has a backlog (past a sixteenth of
+    /// its limit), where it would wait in memory (not paged out), so that
+    /// what the backlog keeps is what it counts. A queue that keeps up
+    /// pays nothing.
+    pub fn compacts(&self, m: &Message) -> bool {
+        let used = self.memory.load(Ordering::Relaxed);
+        used > self.memory_limit / 16 && !(self.pages(m) && used > self.memory_limit / 2)
     }
 
     /// Keeps a message in memory, pending, in its place.
@@ -768,13 +773,27 @@ impl Queue {
             .consumers
             .iter()
             .position(|c| c.spec.exclusive && !c.dead);
-        // The front no consumer selects is skipped; once a second, it is
-        // looked at again, for expired messages.
+        // The front no consumer selects is skipped; once a second, its
+        // expired messages are taken out.
         if st.unselected > 0 {
-            let now = *now.get_or_insert_with(now_millis);
-            if now - st.unselected_checked >= 1000 {
-                st.unselected_checked = now;
-                st.unselected = 0;
+            let due = st
+                .unselected_checked
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+            if due {
+                st.unselected_checked = Some(std::time::Instant::now());
+                let now = *now.get_or_insert_with(now_millis);
+                let mut i = 0;
+                while i < st.unselected {
+                    if st.pending[i].message.is_expired(now) {
+                        let entry = st.pending.remove(i).expect("index checked");
+                        st.unselected -= 1;
+                        self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                        self.release(entry.message.memory_size());
+                        dead.push((entry.message, DeadCause::Expired));
+                    } else {
+                        i += 1;
+                    }
+                }
             }
         }
         let mut at = st.unselected;
@@ -807,14 +826,18 @@ impl Queue {
             }
             let only = exclusive.or(owner);
             let mut any_credit = false;
+            let mut selected = false;
             for k in 0..n {
                 let i = (st.next_consumer + k) % n;
                 if !st.consumers[i].has_credit() {
                     continue;
                 }
                 any_credit = true;
-                if only.is_some_and(|o| o != i) || !st.consumers[i].accepts(&st.pending[at].message)
-                {
+                if !st.consumers[i].accepts(&st.pending[at].message) {
+                    continue;
+                }
+                selected = true;
+                if only.is_some_and(|o| o != i) {
                     continue;
                 }
                 if let (Some(g), None) = (&group, owner) {
@@ -854,9 +877,14 @@ impl Queue {
             if !any_credit {
                 break;
             }
-            if at == st.unselected {
+            if at == st.unselected && !selected {
+                // Those with credit were asked above; the others now.
                 let m = &st.pending[at].message;
-                if !st.consumers.iter().any(|c| !c.dead && c.accepts(m)) {
+                if !st
+                    .consumers
+                    .iter()
+                    .any(|c| !c.dead && !c.has_credit() && c.accepts(m))
+                {
                     st.unselected += 1;
                 }
             }

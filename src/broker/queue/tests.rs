@@ -563,3 +563,29 @@ fn a_message_put_back_among_the_unselected_is_dispatched() {
     assert_eq!(sr.bodies(), ["red0"]);
     assert_eq!(q.pending_count(), 49);
 }
+
+#[test]
+fn expired_messages_in_the_unselected_front_are_taken_out() {
+    use crate::broker::selector::Selector;
+    let (_b, q) = setup();
+    let colored = |seq: u64, color: &str| {
+        let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
+        m.properties
+            .push(("color".into(), PropValue::String(color.into())));
+        m
+    };
+    let (mut red, sr) = consumer(1, 10);
+    red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
+    q.add_consumer(red);
+    let mut short = colored(0, "green");
+    short.expiration = now_millis() + 100;
+    q.send(Arc::new(short));
+    q.send(Arc::new(colored(1, "green")));
+    assert_eq!(q.pending_count(), 2);
+    // Within a second of the last look, the front is only skipped.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    q.send(Arc::new(colored(2, "red")));
+    assert_eq!(sr.bodies(), ["red2"]);
+    assert_eq!(q.pending_count(), 1);
+    assert_eq!(q.stats.expired.load(Ordering::Relaxed), 1);
+}
