@@ -496,24 +496,21 @@ fn a_backlog_no_selector_takes_is_not_evaluated_again_at_every_dispatch() {
     use crate::broker::subscription::SELECTOR_EVALUATIONS;
     let evaluations = || SELECTOR_EVALUATIONS.with(|n| n.get());
     let (_b, q) = setup();
-    let colored = |seq: u64, color: &str| {
-        let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
-        m.properties
-            .push(("color".into(), PropValue::String(color.into())));
-        Arc::new(m)
-    };
     let (mut red, sr) = consumer(1, 1);
     red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
     q.add_consumer(red);
     // 5 000 green ones nobody selects, then red and green ones mixed, each
     // red one taken and acknowledged one at a time (prefetch 1).
     for i in 0..5_000 {
-        q.send(colored(i, "green"));
+        q.send(Arc::new(colored(i, "green")));
     }
     let before = evaluations();
     let mut got = Vec::new();
     for i in 5_000..7_000u64 {
-        q.send(colored(i, if i % 2 == 0 { "red" } else { "green" }));
+        q.send(Arc::new(colored(
+            i,
+            if i % 2 == 0 { "red" } else { "green" },
+        )));
         for d in sr.take() {
             got.push(d.message.id.seq);
             q.ack(1, d.seq, true, AckAction::Consume).unwrap();
@@ -538,16 +535,10 @@ fn a_backlog_no_selector_takes_is_not_evaluated_again_at_every_dispatch() {
 fn a_message_put_back_among_the_unselected_is_dispatched() {
     use crate::broker::selector::Selector;
     let (_b, q) = setup();
-    let colored = |seq: u64, color: &str| {
-        let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
-        m.properties
-            .push(("color".into(), PropValue::String(color.into())));
-        Arc::new(m)
-    };
     // A plain consumer takes a red message and holds it.
     let (plain, sp) = consumer(1, 1);
     q.add_consumer(plain);
-    q.send(colored(0, "red"));
+    q.send(Arc::new(colored(0, "red")));
     assert_eq!(sp.bodies(), ["red0"]);
     // Behind it, green ones; the plain consumer is full, the red one does
     // not select them: they are the unselected front.
@@ -555,7 +546,7 @@ fn a_message_put_back_among_the_unselected_is_dispatched() {
     red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
     q.add_consumer(red);
     for i in 1..50 {
-        q.send(colored(i, "green"));
+        q.send(Arc::new(colored(i, "green")));
     }
     // The plain consumer goes: its red message goes back in front of them,
     // and the red consumer gets it.
@@ -568,12 +559,6 @@ fn a_message_put_back_among_the_unselected_is_dispatched() {
 fn expired_messages_in_the_unselected_front_are_taken_out() {
     use crate::broker::selector::Selector;
     let (_b, q) = setup();
-    let colored = |seq: u64, color: &str| {
-        let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
-        m.properties
-            .push(("color".into(), PropValue::String(color.into())));
-        m
-    };
     let (mut red, sr) = consumer(1, 10);
     red.selector = Some(Arc::new(Selector::parse("color = 'red'", false).unwrap()));
     q.add_consumer(red);
@@ -588,4 +573,12 @@ fn expired_messages_in_the_unselected_front_are_taken_out() {
     assert_eq!(sr.bodies(), ["red2"]);
     assert_eq!(q.pending_count(), 1);
     assert_eq!(q.stats.expired.load(Ordering::Relaxed), 1);
+}
+
+/// A message with a `color` property, for selectors.
+fn colored(seq: u64, color: &str) -> Message {
+    let mut m = Message::clone(&msg(seq, &format!("{color}{seq}"), false));
+    m.properties
+        .push(("color".into(), PropValue::String(color.into())));
+    m
 }
