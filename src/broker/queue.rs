@@ -762,6 +762,19 @@ impl Queue {
         }
     }
 
+    /// Takes an expired pending message out, to be routed once the lock is released.
+    fn take_expired(
+        &self,
+        st: &mut QueueState,
+        at: usize,
+        dead: &mut Vec<(Arc<Message>, DeadCause)>,
+    ) {
+        let entry = st.pending.remove(at).expect("index checked");
+        self.stats.expired.fetch_add(1, Ordering::Relaxed);
+        self.release(entry.message.memory_size());
+        dead.push((entry.message, DeadCause::Expired));
+    }
+
     fn dispatch_pending(&self, st: &mut QueueState, dead: &mut Vec<(Arc<Message>, DeadCause)>) {
         let mut now = None;
         // Without selectors the first pending message either goes to a
@@ -785,11 +798,8 @@ impl Queue {
                 let mut i = 0;
                 while i < st.unselected {
                     if st.pending[i].message.is_expired(now) {
-                        let entry = st.pending.remove(i).expect("index checked");
+                        self.take_expired(st, i, dead);
                         st.unselected -= 1;
-                        self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                        self.release(entry.message.memory_size());
-                        dead.push((entry.message, DeadCause::Expired));
                     } else {
                         i += 1;
                     }
@@ -805,10 +815,7 @@ impl Queue {
                     .message
                     .is_expired(*now.get_or_insert_with(now_millis))
             {
-                let entry = st.pending.remove(at).expect("index checked");
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                self.release(entry.message.memory_size());
-                dead.push((entry.message, DeadCause::Expired));
+                self.take_expired(st, at, dead);
                 continue;
             }
             let n = st.consumers.len();
