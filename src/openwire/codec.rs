@@ -327,13 +327,16 @@ impl Decoder for OpenWireCodec {
                 Ok(Some(Inbound::Struct(s)))
             }
             Err(WireError::Truncated { needed }) => {
-                if buf.len() as u64 > self.max_frame_size {
+                // What it needs at least: refused now if that is too much
+                // (not buffered up to it first).
+                let at_least = buf.len().saturating_add(needed.max(1));
+                if at_least as u64 > self.max_frame_size {
                     return Err(CodecError::TooLarge {
-                        size: buf.len() as u64,
+                        size: at_least as u64,
                         max: self.max_frame_size,
                     });
                 }
-                self.retry_at = buf.len() + needed.max(1);
+                self.retry_at = at_least;
                 buf.reserve(needed.min(1 << 20));
                 Ok(None)
             }

@@ -331,4 +331,34 @@ fn frames_without_size_prefix_decode_as_they_trickle_in() {
     }
     assert!(buf.is_empty());
     assert_eq!(decoded, structs);
+    // A frame past the size limit is refused as soon as what it needs is
+    // known to be past it, not buffered up to it.
+    let biggest = structs
+        .iter()
+        .map(|s| {
+            let mut one = Vec::new();
+            FrameWriter::new(unprefixed.format)
+                .encode(s, &mut one)
+                .unwrap();
+            one
+        })
+        .max_by_key(Vec::len)
+        .unwrap();
+    let limit = biggest.len() / 2;
+    let mut codec = OpenWireCodec::new(limit as u64);
+    codec.negotiated(&unprefixed);
+    let mut buf = BytesMut::new();
+    let mut refused = false;
+    for chunk in biggest.chunks(7) {
+        buf.extend_from_slice(chunk);
+        match codec.decode(&mut buf) {
+            Ok(None) => assert!(buf.len() <= limit, "{} bytes buffered", buf.len()),
+            Err(CodecError::TooLarge { .. }) => {
+                refused = true;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused);
 }
