@@ -271,9 +271,7 @@ pub fn own_property_strings(props: &mut [(ByteStr, PropValue)]) {
         _ => 0,
     };
     let total: usize = props.iter().map(|(k, v)| k.len() + value_len(v)).sum();
-    if total == 0 {
-        return;
-    }
+    // (Empty strings too: an empty slice still holds its buffer.)
     let mut buf = Vec::with_capacity(total);
     for (k, v) in props.iter() {
         buf.extend_from_slice(k.as_bytes());

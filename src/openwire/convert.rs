@@ -98,13 +98,11 @@ pub fn throwable(class: &str, message: &str) -> Value {
 const MAX_INFLATED: usize = 128 * 1024 * 1024;
 
 /// Inflates a compressed body, to at most `limit` bytes (what the message
-/// says it holds, when it says). The result holds no spare capacity: the
-/// message's memory is counted by its length.
+/// says it holds, when it says). A result the message keeps is shrunk to
+/// its length first: its memory is counted by its length.
 fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, ConvertError> {
-    let mut v = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, limit)
-        .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))?;
-    v.shrink_to_fit();
-    Ok(v)
+    miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, limit)
+        .map_err(|e| ConvertError(format!("cannot inflate a compressed body: {e:?}")))
 }
 
 /// The text of the last producer (or consumer) id a connection received:
@@ -233,7 +231,11 @@ pub fn message_from_parts(
                 _ => BodyKind::Stream,
             };
             let body = match content {
-                Some(c) if compressed => Bytes::from(inflate(&c, MAX_INFLATED)?),
+                Some(c) if compressed => {
+                    let mut v = inflate(&c, MAX_INFLATED)?;
+                    v.shrink_to_fit();
+                    Bytes::from(v)
+                }
                 Some(c) => c,
                 None => Bytes::new(),
             };
