@@ -126,6 +126,12 @@ impl ConsumerSlot {
 
     /// Index range of in-flight entries with a sequence in `first..=last`.
     pub fn seq_range(&self, first: u64, last: u64) -> std::ops::Range<usize> {
+        // The usual ack: the oldest delivery, by a consumer that keeps up.
+        match self.in_flight.front() {
+            None => return 0..0,
+            Some(f) if f.seq == last && first <= last => return 0..1,
+            _ => {}
+        }
         let start = self.in_flight.partition_point(|f| f.seq < first);
         let end = self.in_flight.partition_point(|f| f.seq <= last);
         start..end.max(start)
