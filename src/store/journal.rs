@@ -15,13 +15,17 @@
 //! and cut off (the file is truncated there). The same in an earlier segment
 //! means the data was damaged after it was written: start-up is refused with
 //! a message naming the file and offset, rather than silently dropping or
-//! resurrecting messages. A record length over the cap is treated as corrupt
-//! before anything is allocated for it.
+//! resurrecting messages. Reading applies no size cap of its own (a record
+//! written under a larger limit than today's is still read); a length past
+//! the end of the file is what marks a record as incomplete.
 //!
 //! Writes are batched by the caller (`append` buffers, `flush` writes the
 //! batch with one `write`, `sync` makes it durable). A failed write is undone
 //! by truncating the segment back to where the batch started, so a full disk
-//! never leaves a half record behind.
+//! never leaves a half record behind; after a failed sync the caller undoes
+//! what the batch wrote ([`Journal::undo_to`]) except what is already
+//! durable ([`Journal::is_durable`]: a segment rotation syncs the segment it
+//! leaves).
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -48,6 +52,9 @@ pub struct Location {
 pub enum JournalError {
     #[error("journal I/O error: {0}")]
     Io(#[from] io::Error),
+    /// A record over the write limit: refused on its own, nothing written.
+    #[error("record of {len} bytes is over the {max} byte limit")]
+    TooLarge { len: usize, max: usize },
     #[error("journal file {file} is corrupt at offset {offset}: {reason}; it is not the last segment, so this is not a torn write. Move the file aside to start without it (its records are lost).")]
     Corrupt {
         file: PathBuf,
@@ -72,6 +79,8 @@ pub struct Faults {
     pub fail_syncs: Arc<AtomicBool>,
     /// Milliseconds each sync takes at least.
     pub sync_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// A new segment file is created but cannot be set up.
+    pub fail_new_segments: Arc<AtomicBool>,
 }
 
 pub struct Journal {
@@ -86,6 +95,8 @@ pub struct Journal {
     buf: Vec<u8>,
     /// Every segment and its length.
     segments: BTreeMap<u64, u64>,
+    /// Everything before this is durable: synced, or found at start-up.
+    synced: Location,
     faults: Faults,
 }
 
@@ -119,7 +130,7 @@ impl Journal {
         for (i, &seq) in seqs.iter().enumerate() {
             let last = i + 1 == seqs.len();
             let path = segment_path(dir, seq);
-            let len = read_segment(&path, seq, last, max_record, &mut records)?;
+            let len = read_segment(&path, seq, last, &mut records)?;
             segments.insert(seq, len);
         }
         let (head_seq, head_len) = match segments.iter().next_back() {
@@ -152,6 +163,10 @@ impl Journal {
                 head_len,
                 buf: Vec::with_capacity(64 * 1024),
                 segments,
+                synced: Location {
+                    segment: head_seq,
+                    offset: head_len,
+                },
                 faults,
             },
             records,
@@ -161,14 +176,10 @@ impl Journal {
     /// Buffers a record; it reaches the file at the next `flush`.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Location, JournalError> {
         if payload.len() > self.max_record {
-            return Err(JournalError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "record of {} bytes is over the {} byte limit",
-                    payload.len(),
-                    self.max_record
-                ),
-            )));
+            return Err(JournalError::TooLarge {
+                len: payload.len(),
+                max: self.max_record,
+            });
         }
         let pending = self.head_len + self.buf.len() as u64;
         let size = (RECORD_HEADER_LEN + payload.len()) as u64;
@@ -230,26 +241,79 @@ impl Journal {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
         self.head.sync_data()?;
+        self.synced = Location {
+            segment: self.head_seq,
+            offset: self.head_len,
+        };
         Ok(())
     }
 
-    /// Discards buffered records (their batch failed).
-    pub fn discard(&mut self) {
+    /// Where the next record goes (a batch's start, for [`Journal::undo_to`]).
+    pub fn mark(&self) -> Location {
+        Location {
+            segment: self.head_seq,
+            offset: self.head_len + self.buf.len() as u64,
+        }
+    }
+
+    /// Whether the record at `at` is durable.
+    pub fn is_durable(&self, at: Location) -> bool {
+        at < self.synced
+    }
+
+    /// Undoes what was appended since `mark` (a failed batch), except what
+    /// is durable already: buffered records are dropped, written ones cut
+    /// off the head segment.
+    pub fn undo_to(&mut self, mark: Location) -> Result<(), JournalError> {
         self.buf.clear();
+        let mut keep = if mark.segment == self.head_seq {
+            mark.offset
+        } else {
+            HEADER_LEN
+        };
+        if self.synced.segment == self.head_seq {
+            keep = keep.max(self.synced.offset);
+        }
+        if keep < self.head_len {
+            self.head.set_len(keep)?;
+            self.head.seek(SeekFrom::Start(keep))?;
+            self.head_len = keep;
+            self.segments.insert(self.head_seq, keep);
+        }
+        Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), JournalError> {
         self.flush()?;
-        self.head.sync_data()?;
+        self.sync()?;
         let seq = self.head_seq + 1;
-        let mut file = OpenOptions::new()
+        let path = segment_path(&self.dir, seq);
+        let created = OpenOptions::new()
             .create(true)
             .read(true)
             .write(true)
             .truncate(true)
-            .open(segment_path(&self.dir, seq))?;
-        write_header(&mut file, seq)?;
-        sync_dir(&self.dir)?;
+            .open(&path)
+            .and_then(|mut file| {
+                if self.faults.fail_new_segments.load(Ordering::Relaxed) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "injected: no space for a segment header",
+                    ));
+                }
+                write_header(&mut file, seq)?;
+                sync_dir(&self.dir)?;
+                Ok(file)
+            });
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // The records go on in this segment: it must stay the last
+                // one, or a torn tail in it would read as damage.
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into());
+            }
+        };
         self.head = file;
         self.head_seq = seq;
         self.head_len = HEADER_LEN;
@@ -322,8 +386,12 @@ pub fn read_record_in(
     let mut header = [0u8; RECORD_HEADER_LEN];
     f.read_exact_at(&mut header, at.offset)?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
-    if len > max_record {
-        return Err(corrupt(format!("record length {len} over the limit")));
+    // Over today's write limit it may still be a record written under a
+    // larger one: only one that ends past the file is refused.
+    if len > max_record && at.offset + (RECORD_HEADER_LEN + len) as u64 > f.metadata()?.len() {
+        return Err(corrupt(format!(
+            "record length {len} past the end of the file"
+        )));
     }
     let mut payload = vec![0u8; len];
     f.read_exact_at(&mut payload, at.offset + RECORD_HEADER_LEN as u64)?;
@@ -352,7 +420,6 @@ fn read_segment(
     path: &Path,
     seq: u64,
     last: bool,
-    max_record: usize,
     out: &mut Vec<RawRecord>,
 ) -> Result<u64, JournalError> {
     let data = Bytes::from(std::fs::read(path)?);
@@ -376,7 +443,7 @@ fn read_segment(
     }
     let mut pos = HEADER_LEN as usize;
     while pos < data.len() {
-        let problem = record_at(&data, pos, max_record);
+        let problem = record_at(&data, pos);
         match problem {
             Ok((kind, payload, next)) => {
                 out.push(RawRecord {
@@ -411,18 +478,11 @@ fn read_segment(
     Ok(pos as u64)
 }
 
-fn record_at(
-    data: &Bytes,
-    pos: usize,
-    max_record: usize,
-) -> Result<(u8, Bytes, usize), &'static str> {
+fn record_at(data: &Bytes, pos: usize) -> Result<(u8, Bytes, usize), &'static str> {
     if data.len() - pos < RECORD_HEADER_LEN {
         return Err("incomplete record header");
     }
     let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4")) as usize;
-    if len > max_record {
-        return Err("record length over the limit");
-    }
     let start = pos + RECORD_HEADER_LEN;
     if data.len() - start < len {
         return Err("incomplete record");

@@ -1050,7 +1050,16 @@ struct Writer {
     last_sync: Instant,
     dirty: bool,
     hold: HoldPolicy,
+    /// Records nobody waits for (acknowledgements, subscription changes,
+    /// dead-letter moves) whose batch failed: the broker already acted on
+    /// them, so they are written first in the next batch, retried until
+    /// they are (anything awaited behind them fails meanwhile).
+    retry: Vec<Submission>,
 }
+
+/// How soon failed records nobody waits for are tried again when nothing
+/// else comes.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// When the writer holds dispatched Adds for their acks: while acks come in
 /// time. After a few holds in a row that ended with most Adds still
@@ -1116,6 +1125,7 @@ impl Writer {
             shared,
             last_sync: Instant::now(),
             dirty: false,
+            retry: Vec::new(),
         }
     }
 
@@ -1124,7 +1134,7 @@ impl Writer {
             let (batch, closed) = {
                 let mut p = self.shared.pending();
                 while p.queue.is_empty() && !p.closed {
-                    if !self.dirty {
+                    if !self.dirty && self.retry.is_empty() {
                         p.idle = true;
                         p = self.shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                         p.idle = false;
@@ -1133,10 +1143,13 @@ impl Writer {
                     // Something written is not yet durable: sync it when
                     // the journal goes quiet (after the periodic interval, or
                     // soon for acknowledgements nobody waited for).
-                    let quiet = match self.config.sync {
+                    let mut quiet = match self.config.sync {
                         SyncPolicy::Periodic(every) => every,
                         SyncPolicy::Always => UNWAITED_SYNC_DELAY,
                     };
+                    if !self.retry.is_empty() {
+                        quiet = quiet.min(RETRY_DELAY);
+                    }
                     p.idle = true;
                     let (q, timeout) = self
                         .shared
@@ -1147,6 +1160,9 @@ impl Writer {
                     p.idle = false;
                     if timeout.timed_out() && p.queue.is_empty() {
                         drop(p);
+                        if !self.retry.is_empty() {
+                            self.write_batch(Vec::new());
+                        }
                         self.periodic_sync();
                         p = self.shared.pending();
                     }
@@ -1173,7 +1189,7 @@ impl Writer {
                 }
                 (batch, p.closed)
             };
-            if !batch.is_empty() {
+            if !batch.is_empty() || (closed && !self.retry.is_empty()) {
                 self.write_batch(batch);
             }
             if closed {
@@ -1269,6 +1285,11 @@ impl Writer {
     }
 
     fn write_batch(&mut self, mut batch: Vec<Submission>) {
+        if !self.retry.is_empty() {
+            let mut first = std::mem::take(&mut self.retry);
+            first.append(&mut batch);
+            batch = first;
+        }
         let cancelled = Self::cancel_consumed(&mut batch);
         if cancelled > 0 {
             self.shared
@@ -1276,10 +1297,14 @@ impl Writer {
                 .cancelled
                 .fetch_add(cancelled, Ordering::Relaxed);
         }
-        let mut placed: Vec<(Op, Location)> = Vec::new();
-        let mut result = Ok(());
+        let mark = self.journal.mark();
+        // Each submission is one record: where it went, or why it was
+        // refused on its own (a record over the size limit).
+        let mut at: Vec<Option<Location>> = vec![None; batch.len()];
+        let mut refused: Vec<Option<StoreError>> = (0..batch.len()).map(|_| None).collect();
+        let mut failure: Option<StoreError> = None;
         let mut scratch = Vec::with_capacity(4096);
-        for s in &batch {
+        for (i, s) in batch.iter().enumerate() {
             if s.ops.is_empty() {
                 continue;
             }
@@ -1298,80 +1323,110 @@ impl Writer {
                 kind::TX
             };
             match self.journal.append(kind, &scratch) {
-                Ok(at) => placed.extend(s.ops.iter().map(|op| (op.clone(), at))),
+                Ok(location) => at[i] = Some(location),
+                Err(e @ JournalError::TooLarge { .. }) => {
+                    warn!(error = %e, "journal record refused");
+                    refused[i] = Some(StoreError::Io(e.to_string()));
+                }
                 Err(e) => {
-                    result = Err(StoreError::Io(e.to_string()));
+                    failure = Some(StoreError::Io(e.to_string()));
                     break;
                 }
             }
         }
-        if result.is_ok() {
-            result = self
-                .journal
-                .flush()
-                .map_err(|e| StoreError::Io(e.to_string()));
-        } else {
-            self.journal.discard();
-        }
-        if result.is_ok() && !placed.is_empty() {
-            self.dirty = true;
+        if failure.is_none() {
+            if let Err(e) = self.journal.flush() {
+                failure = Some(StoreError::Io(e.to_string()));
+            } else if at.iter().any(Option::is_some) {
+                self.dirty = true;
+            }
         }
         // Only what somebody waits for needs an fsync now: acknowledgements
         // submitted without waiting ride on the next one (or the idle sync).
         let awaited = batch.iter().any(|s| s.done.is_some() || s.lone.is_some());
-        if result.is_ok() && self.dirty && awaited {
+        if failure.is_none() && self.dirty && awaited {
             let sync_now = match self.config.sync {
                 SyncPolicy::Always => true,
                 SyncPolicy::Periodic(every) => self.last_sync.elapsed() >= every,
             };
             if sync_now {
-                result = self
-                    .journal
-                    .sync()
-                    .map_err(|e| StoreError::Io(e.to_string()));
-                if result.is_ok() {
-                    self.dirty = false;
-                    self.last_sync = Instant::now();
-                    self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                match self.journal.sync() {
+                    Ok(()) => {
+                        self.dirty = false;
+                        self.last_sync = Instant::now();
+                        self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failure = Some(StoreError::Io(e.to_string())),
                 }
             }
         }
-        if let Err(e) = &result {
-            // Nothing of this batch is confirmed. What was written but not
-            // synced may still reach the disk; it only holds sends nobody was
-            // told about and acks the broker still honours in memory.
+        // After a failure, what a segment rotation made durable stands (it
+        // is on disk: its producers are told so, the index has it); the rest
+        // of the batch is undone, and counts from the first record lost on.
+        let mut lost_from = batch.len();
+        if let Some(e) = &failure {
             warn!(error = %e, "journal batch failed");
-        } else {
-            self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.shared
-                .stats
-                .records
-                .fetch_add(placed.len() as u64, Ordering::Relaxed);
+            if let Err(e) = self.journal.undo_to(mark) {
+                error!(error = %e, "journal: a failed batch could not be undone");
+            }
+            lost_from = (0..batch.len())
+                .find(|&i| {
+                    refused[i].is_none()
+                        && !batch[i].ops.is_empty()
+                        && !at[i].is_some_and(|a| self.journal.is_durable(a))
+                })
+                .unwrap_or(batch.len());
+        }
+        let result = |i: usize| -> Result<(), StoreError> {
+            match (&refused[i], &failure) {
+                (Some(e), _) => Err(e.clone()),
+                (None, Some(e)) if i >= lost_from => Err(e.clone()),
+                _ => Ok(()),
+            }
+        };
+        let mut written = 0;
+        {
             let mut index = self.shared.index();
-            for (op, at) in &placed {
-                index.apply(op, *at);
+            for (i, s) in batch.iter().enumerate() {
+                if let (Some(location), Ok(())) = (at[i], result(i)) {
+                    for op in &s.ops {
+                        index.apply(op, location);
+                    }
+                    written += s.ops.len();
+                }
             }
         }
+        if failure.is_none() {
+            self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared
+            .stats
+            .records
+            .fetch_add(written as u64, Ordering::Relaxed);
         // Space is reclaimed before anyone is told, so that a producer that
         // waited for an acknowledgement sees the freed space.
-        if result.is_ok() {
+        if failure.is_none() {
             self.collect_garbage();
         }
         self.shared
             .usage
             .store(self.journal.disk_usage(), Ordering::Relaxed);
         let mut lone = Vec::new();
-        for s in batch {
+        for (i, s) in batch.into_iter().enumerate() {
+            let r = result(i);
             if let Some(done) = s.done {
-                let _ = done.send(result.clone());
+                let _ = done.send(r);
+            } else if let Some(id) = s.lone {
+                lone.push((id, r));
+            } else if r.is_err() && refused[i].is_none() && !s.ops.is_empty() {
+                self.retry.push(s);
             }
-            lone.extend(s.lone);
         }
         if !lone.is_empty() {
             let mut p = self.shared.pending();
-            for id in lone {
+            for (id, r) in lone {
                 if let Some(Lone::Writing(Some(done))) = p.lone.remove(&id) {
-                    let _ = done.send(result.clone());
+                    let _ = done.send(r);
                 }
             }
         }

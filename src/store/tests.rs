@@ -270,12 +270,94 @@ fn write_and_fsync_failures_are_never_confirmed_and_recover() {
         store.close();
     });
     let (_, r) = load(dir.path());
-    let got = bodies(&r);
-    // A failed write leaves nothing; an fsync failure may or may not have
-    // reached the disk, but it was never confirmed.
-    assert_eq!(got.first().map(String::as_str), Some("ok1"));
-    assert_eq!(got.last().map(String::as_str), Some("ok2"));
-    assert!(!got.contains(&"lost-write".to_string()));
+    // A failed write leaves nothing, and what a failed fsync covered is cut
+    // off again: neither was confirmed, and neither comes back.
+    assert_eq!(bodies(&r), ["ok1", "ok2"]);
+}
+
+#[test]
+fn an_oversized_record_fails_alone_in_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let mut cfg = config(dir.path());
+    cfg.max_record = 1000;
+    let faults = cfg.faults.clone();
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg).unwrap();
+        let acked = add(&store, &q, "acked", vec![]);
+        let acked_id = add_id(&acked);
+        store.write(vec![acked]).await.unwrap();
+        // While a slow sync runs, the next three gather into one batch.
+        faults.sync_delay_ms.store(200, Ordering::Relaxed);
+        let first = add(&store, &q, "first", vec![]);
+        let s2 = store.clone();
+        let slow = tokio::spawn(async move { s2.write(vec![first]).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        faults.sync_delay_ms.store(0, Ordering::Relaxed);
+        store.submit(vec![Op::Remove { id: acked_id }]);
+        let big = store.write(vec![add(&store, &q, &"x".repeat(2000), vec![])]);
+        let fine = store.write(vec![add(&store, &q, "fine", vec![])]);
+        let (big, fine) = tokio::join!(big, fine);
+        assert!(big.is_err(), "the oversized record is refused");
+        fine.expect("a record beside it is written");
+        slow.await.unwrap().unwrap();
+        store.close();
+    });
+    let (_, r) = load(dir.path());
+    assert_eq!(bodies(&r), ["first", "fine"]);
+}
+
+#[test]
+fn acknowledgements_of_a_failed_batch_are_written_once_the_disk_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let cfg = config(dir.path());
+    let faults = cfg.faults.clone();
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg).unwrap();
+        let ops: Vec<Op> = (0..3)
+            .map(|i| add(&store, &q, &format!("m{i}"), vec![]))
+            .collect();
+        let ids: Vec<u64> = ops.iter().map(add_id).collect();
+        store.write(ops).await.unwrap();
+        faults.fail_writes.store(true, Ordering::Relaxed);
+        // The broker acted on these acks already: they are not dropped.
+        store.submit(vec![Op::Remove { id: ids[0] }]);
+        store.submit(vec![Op::Remove { id: ids[2] }]);
+        assert!(
+            store.barrier().await.is_err(),
+            "nothing is confirmed while earlier acks are not written"
+        );
+        faults.fail_writes.store(false, Ordering::Relaxed);
+        store.barrier().await.unwrap();
+        store.close();
+    });
+    let (_, r) = load(dir.path());
+    assert_eq!(bodies(&r), ["m1"]);
+}
+
+#[test]
+fn acknowledgements_of_a_failed_batch_are_retried_without_new_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let cfg = config(dir.path());
+    let faults = cfg.faults.clone();
+    rt().block_on(async {
+        let (store, _) = Store::open(cfg).unwrap();
+        let op = add(&store, &q, "m", vec![]);
+        let id = add_id(&op);
+        store.write(vec![op]).await.unwrap();
+        faults.fail_writes.store(true, Ordering::Relaxed);
+        store.submit(vec![Op::Remove { id }]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        faults.fail_writes.store(false, Ordering::Relaxed);
+        // No other submission: the writer retries on its own.
+        tokio::time::sleep(RETRY_DELAY + Duration::from_millis(500)).await;
+        // Crash: the store is dropped without a close.
+        std::mem::forget(store);
+    });
+    let (_, r) = load(dir.path());
+    assert!(bodies(&r).is_empty());
 }
 
 #[test]

@@ -167,3 +167,116 @@ fn old_segments_can_be_deleted_but_not_the_head() {
     let (_, recs) = open(dir.path());
     assert!(recs.iter().all(|r| r.location.segment != first));
 }
+
+#[test]
+fn a_failed_batch_is_undone_except_what_a_rotation_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let (mut j, _) = Journal::open(dir.path(), 4096, 1 << 20, faults.clone()).unwrap();
+    j.append(1, b"earlier batch").unwrap();
+    j.flush().unwrap();
+    let mark = j.mark();
+    // One batch: the first record fills the segment, the second rotates
+    // (which writes and syncs the first), the third fails with the disk.
+    let first = j.append(1, &[7u8; 3000]).unwrap();
+    let second = j.append(1, &[8u8; 3000]).unwrap();
+    assert_ne!(first.segment, second.segment);
+    assert!(j.is_durable(first) && !j.is_durable(second));
+    j.flush().unwrap();
+    faults.fail_syncs.store(true, Ordering::Relaxed);
+    assert!(j.sync().is_err());
+    assert!(!j.is_durable(second));
+    j.undo_to(mark).unwrap();
+    faults.fail_syncs.store(false, Ordering::Relaxed);
+    j.append(1, b"next batch").unwrap();
+    j.flush().unwrap();
+    j.sync().unwrap();
+    drop(j);
+    let (_, recs) = open(dir.path());
+    assert_eq!(
+        payloads(&recs),
+        vec![
+            b"earlier batch".to_vec(),
+            vec![7u8; 3000],
+            b"next batch".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn undo_keeps_earlier_batches_that_are_written_but_not_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let (mut j, _) = Journal::open(dir.path(), 1 << 20, 1 << 20, faults.clone()).unwrap();
+    j.append(1, b"acks, written without a sync").unwrap();
+    j.flush().unwrap();
+    let mark = j.mark();
+    j.append(1, b"a send whose sync fails").unwrap();
+    j.flush().unwrap();
+    faults.fail_syncs.store(true, Ordering::Relaxed);
+    assert!(j.sync().is_err());
+    j.undo_to(mark).unwrap();
+    faults.fail_syncs.store(false, Ordering::Relaxed);
+    j.sync().unwrap();
+    drop(j);
+    let (_, recs) = open(dir.path());
+    assert_eq!(
+        payloads(&recs),
+        vec![b"acks, written without a sync".to_vec()]
+    );
+}
+
+#[test]
+fn records_over_a_lowered_limit_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path(), 1 << 20, 1 << 20, Faults::default()).unwrap();
+    j.append(1, b"small").unwrap();
+    let big = j.append(1, &[5u8; 10_000]).unwrap();
+    j.append(1, b"after the big one").unwrap();
+    j.flush().unwrap();
+    j.sync().unwrap();
+    drop(j);
+    // Restarted with a limit below the big record: nothing is cut off.
+    let (mut j, recs) = Journal::open(dir.path(), 1 << 20, 1000, Faults::default()).unwrap();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[2].payload.as_ref(), b"after the big one");
+    assert_eq!(j.read(big).unwrap().1.len(), 10_000);
+    // New records over it are refused on their own.
+    assert!(matches!(
+        j.append(1, &[0u8; 2000]),
+        Err(JournalError::TooLarge {
+            len: 2000,
+            max: 1000
+        })
+    ));
+}
+
+#[test]
+fn a_failed_rotation_leaves_the_head_segment_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let (mut j, _) = Journal::open(dir.path(), 4096, 1 << 20, faults.clone()).unwrap();
+    j.append(1, &[1u8; 3000]).unwrap();
+    j.flush().unwrap();
+    // The new segment is created but cannot be set up: it is removed, and
+    // the records go on in the old one.
+    faults.fail_new_segments.store(true, Ordering::Relaxed);
+    assert!(j.append(1, &[2u8; 3000]).is_err());
+    faults.fail_new_segments.store(false, Ordering::Relaxed);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let last = j.append(1, b"small, still fits").unwrap();
+    j.flush().unwrap();
+    drop(j);
+    // A crash tears that segment's tail: it is the last one, so the tail is
+    // cut and the journal opens.
+    let path = segment_path(dir.path(), last.segment);
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let (_, recs) = open(dir.path());
+    assert_eq!(payloads(&recs), vec![vec![1u8; 3000]]);
+}
