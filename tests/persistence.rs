@@ -877,3 +877,48 @@ async fn a_commit_whose_caller_stops_waiting_still_takes_effect() {
     }
     assert_eq!(q.pending_count(), 3, "the committed sends were not routed");
 }
+
+/// A message moved to a dead-letter queue that keeps its backlog in the
+/// journal (paged out) is delivered once its record is written, even when
+/// nothing else happens on that queue then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_paged_out_is_delivered_once_written() {
+    const N: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = None;
+    let b = TestBroker::start_in(dir.path(), |c| {
+        c.limits.destination_memory_limit = 64 * 1024;
+        faults = Some(c.store_faults.clone());
+    })
+    .await;
+    let faults = faults.unwrap();
+    let mut p = b.connect("1.2").await;
+    let text = |i: usize| format!("{i:03}-{}", "x".repeat(1024));
+    send_confirmed(&mut p, "/queue/ActiveMQ.DLQ", 0..N, text).await;
+    send_confirmed(&mut p, "/queue/work", 0..1, |_| "poisoned".to_string()).await;
+    let mut w = b.connect("1.2").await;
+    w.subscribe("w", "/queue/work", "client-individual", &[])
+        .await;
+    let m = w.expect_message().await;
+    // The journal is busy with a slow fsync when the copy is made.
+    faults.sync_delay_ms.store(800, Ordering::Relaxed);
+    p.send(&persistent("/queue/busy", "busy", "busy")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    w.send(&frame(Command::Nack, &[("id", m.header("ack").unwrap())]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    faults.sync_delay_ms.store(0, Ordering::Relaxed);
+    // The backlog drains before the copy is written; then nothing else
+    // happens on the queue.
+    let mut c = b.connect("1.2").await;
+    c.subscribe("c", "/queue/ActiveMQ.DLQ", "auto", &[]).await;
+    let mut got = Vec::new();
+    while let Some(f) = c.recv_within(Duration::from_secs(5)).await {
+        got.push(body(&f));
+        if got.len() == N + 1 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), N + 1, "the dead-letter copy never came");
+    assert_eq!(got[N], "poisoned");
+}

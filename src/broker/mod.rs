@@ -979,12 +979,38 @@ impl Broker {
         copy.store_id = 0;
         let target = Target::Queue(self.queue(&self.config.dead_letter_queue));
         let (copy, op) = self.persist(&target, copy);
+        let stored = op.is_some().then_some(copy.store_id);
         let mut ops: Vec<Op> = op.into_iter().collect();
         ops.extend(removal);
-        if let Some(store) = &self.store {
+        let Some(store) = &self.store else {
+            target.send(copy);
+            return;
+        };
+        // The record is queued before the copy can be consumed (its removal
+        // must follow it in the journal).
+        let handle = tokio::runtime::Handle::try_current();
+        let (Some(id), Ok(rt), Target::Queue(q)) = (stored, handle, &target) else {
             store.submit(ops);
-        }
+            target.send(copy);
+            return;
+        };
+        let written = store.start_write(ops);
+        let q = q.clone();
         target.send(copy);
+        // The copy may be paged out at once (the dead-letter queue keeps a
+        // backlog in the journal): it can be read back once written, and
+        // nothing else would tell the queue so.
+        rt.spawn(async move {
+            match written.await {
+                Ok(()) => q.kick(),
+                Err(e) => {
+                    // Neither the copy nor the removal of the original is
+                    // stored: the original is delivered again after a restart.
+                    tracing::warn!(error = %e, "a dead-letter copy could not be stored");
+                    q.withdraw(id);
+                }
+            }
+        });
     }
 
     fn persistence(&self, sub: Option<u64>) -> Option<Persistence> {
