@@ -922,3 +922,51 @@ async fn a_dead_letter_copy_paged_out_is_delivered_once_written() {
     assert_eq!(got.len(), N + 1, "the dead-letter copy never came");
     assert_eq!(got[N], "poisoned");
 }
+
+/// A durable subscription is confirmed (SUBSCRIBE's and UNSUBSCRIBE's
+/// receipts) only once its record is durable.
+#[tokio::test]
+async fn a_durable_subscription_is_confirmed_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = None;
+    let b = TestBroker::start_in(dir.path(), |c| faults = Some(c.store_faults.clone())).await;
+    let faults = faults.unwrap();
+    faults.sync_delay_ms.store(600, Ordering::Relaxed);
+    let mut c = Client::connect(b.stomp, "1.2", &[("client-id", "c1")]).await;
+    let started = std::time::Instant::now();
+    c.send(&frame(
+        Command::Subscribe,
+        &[
+            ("id", "s"),
+            ("destination", "/topic/news"),
+            ("activemq.subscriptionName", "daily"),
+            ("receipt", "sub"),
+        ],
+    ))
+    .await;
+    c.expect_receipt("sub").await;
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    // Deactivated first (as ActiveMQ, an active one is in use), then removed.
+    c.send(&frame(
+        Command::Unsubscribe,
+        &[("id", "s"), ("receipt", "off")],
+    ))
+    .await;
+    c.expect_receipt("off").await;
+    let started = std::time::Instant::now();
+    c.send(&frame(
+        Command::Unsubscribe,
+        &[
+            ("id", "gone"),
+            ("activemq.subscriptionName", "daily"),
+            ("receipt", "unsub"),
+        ],
+    ))
+    .await;
+    c.expect_receipt("unsub").await;
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    // A plain subscription does not wait for the disk.
+    let started = std::time::Instant::now();
+    c.subscribe("p", "/topic/plain", "auto", &[]).await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+}

@@ -602,6 +602,7 @@ impl Session {
                     .unwrap_or_default();
                 let name = c.str("subscriptionName").unwrap_or_default();
                 self.broker.remove_durable(&client_id, name)?;
+                self.durable_first().await?;
                 Ok(Reply::Done)
             }
             schema::KEEP_ALIVE_INFO => {
@@ -786,10 +787,22 @@ impl Session {
                 pull_timer: None,
             },
         );
+        if durable.is_some() {
+            self.durable_first().await?;
+        }
         // The Response first, then messages.
         self.respond(c).await;
         queue.set_prefetch(consumer_id, prefetch);
         Ok(Reply::Sent)
+    }
+
+    /// Waits until a durable subscription's creation or removal is durable
+    /// (it is confirmed next).
+    async fn durable_first(&self) -> Result<(), JmsError> {
+        self.broker
+            .sync()
+            .await
+            .map_err(|e| JmsError::new("java.io.IOException", e.to_string()))
     }
 
     /// Sends a queue browser the messages waiting now, then the end marker.

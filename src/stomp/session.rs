@@ -322,8 +322,9 @@ impl Session {
                         Command::Connect | Command::Stomp | Command::Subscribe
                     );
                     if let (Some(r), false) = (&receipt, answered) {
-                        if matches!(command, Command::Ack | Command::Nack) {
-                            // A receipted acknowledgement is durable first.
+                        if matches!(command, Command::Ack | Command::Nack | Command::Unsubscribe) {
+                            // A receipted acknowledgement (or removal of a
+                            // durable subscription) is durable first.
                             if let Err(e) = self.broker.sync().await {
                                 self.send_error(&e.to_string(), Some(r)).await;
                                 continue;
@@ -672,6 +673,13 @@ impl Session {
             },
         );
         if let Some(r) = frame.header("receipt") {
+            if durable_name.is_some() {
+                // A confirmed durable subscription survives a crash.
+                if let Err(e) = self.broker.sync().await {
+                    self.send_error(&e.to_string(), Some(r)).await;
+                    return Ok(());
+                }
+            }
             self.send_receipt(r).await;
         }
         queue.set_prefetch(consumer_id, prefetch.max(1));
