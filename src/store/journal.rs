@@ -109,13 +109,33 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir` and reads every record back.
+    /// Opens (or creates) the journal in `dir` and reads every record back,
+    /// collected (for tests: recovery uses [`Journal::open_with`]).
+    #[cfg(test)]
     pub fn open(
         dir: &Path,
         segment_size: u64,
         max_record: usize,
         faults: Faults,
     ) -> Result<(Journal, Vec<RawRecord>), JournalError> {
+        let mut all = Vec::new();
+        let journal = Self::open_with(dir, segment_size, max_record, faults, |records, _| {
+            all.extend(records)
+        })?;
+        Ok((journal, all))
+    }
+
+    /// Opens (or creates) the journal in `dir`, handing its records to
+    /// `visit` one segment at a time, oldest first, with the number of
+    /// segments. A segment's data is freed once `visit` drops its records:
+    /// recovery holds one segment in memory, not the whole journal.
+    pub fn open_with(
+        dir: &Path,
+        segment_size: u64,
+        max_record: usize,
+        faults: Faults,
+        mut visit: impl FnMut(Vec<RawRecord>, usize),
+    ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir)?;
         let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -125,12 +145,17 @@ impl Journal {
             })
             .collect();
         seqs.sort_unstable();
-        let mut records = Vec::new();
         let mut segments = BTreeMap::new();
+        // One buffer for every segment in turn: freed and allocated again
+        // each time, segment-sized blocks would stay behind in the heap.
+        let mut spare = Vec::new();
         for (i, &seq) in seqs.iter().enumerate() {
             let last = i + 1 == seqs.len();
             let path = segment_path(dir, seq);
-            let len = read_segment(&path, seq, last, &mut records)?;
+            let mut records = Vec::new();
+            let (len, data) = read_segment(&path, seq, last, spare, &mut records)?;
+            visit(records, seqs.len());
+            spare = data.try_into_mut().map(Vec::from).unwrap_or_default();
             segments.insert(seq, len);
         }
         let (head_seq, head_len) = match segments.iter().next_back() {
@@ -153,24 +178,21 @@ impl Journal {
         };
         head.seek(SeekFrom::Start(head_len))?;
         segments.insert(head_seq, head_len);
-        Ok((
-            Journal {
-                dir: dir.to_path_buf(),
-                segment_size: segment_size.max(HEADER_LEN + 64),
-                max_record,
-                head,
-                head_seq,
-                head_len,
-                buf: Vec::with_capacity(64 * 1024),
-                segments,
-                synced: Location {
-                    segment: head_seq,
-                    offset: head_len,
-                },
-                faults,
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            segment_size: segment_size.max(HEADER_LEN + 64),
+            max_record,
+            head,
+            head_seq,
+            head_len,
+            buf: Vec::with_capacity(64 * 1024),
+            segments,
+            synced: Location {
+                segment: head_seq,
+                offset: head_len,
             },
-            records,
-        ))
+            faults,
+        })
     }
 
     /// Buffers a record; it reaches the file at the next `flush`.
@@ -420,9 +442,13 @@ fn read_segment(
     path: &Path,
     seq: u64,
     last: bool,
+    mut buf: Vec<u8>,
     out: &mut Vec<RawRecord>,
-) -> Result<u64, JournalError> {
-    let data = Bytes::from(std::fs::read(path)?);
+) -> Result<(u64, Bytes), JournalError> {
+    use std::io::Read;
+    buf.clear();
+    File::open(path)?.read_to_end(&mut buf)?;
+    let data = Bytes::from(buf);
     let corrupt = |offset: u64, reason: String| JournalError::Corrupt {
         file: path.to_path_buf(),
         offset,
@@ -431,7 +457,7 @@ fn read_segment(
     if data.len() < HEADER_LEN as usize {
         if last {
             warn!(file = %path.display(), "journal segment with a torn header; starting it again");
-            return Ok(0);
+            return Ok((0, data));
         }
         return Err(corrupt(0, "short header".into()));
     }
@@ -467,7 +493,7 @@ fn read_segment(
                 let f = OpenOptions::new().write(true).open(path)?;
                 f.set_len(pos as u64)?;
                 f.sync_all()?;
-                return Ok(pos as u64);
+                return Ok((pos as u64, data));
             }
             Err(reason) => return Err(corrupt(pos as u64, reason.to_string())),
         }
@@ -475,7 +501,7 @@ fn read_segment(
     if last {
         info!(file = %path.display(), records = out.len(), "journal head segment read");
     }
-    Ok(pos as u64)
+    Ok((pos as u64, data))
 }
 
 fn record_at(data: &Bytes, pos: usize) -> Result<(u8, Bytes, usize), &'static str> {

@@ -600,13 +600,15 @@ impl Store {
     /// Opens the journal, replays it, and starts the writer thread.
     pub fn open(config: StoreConfig) -> Result<(Arc<Store>, Recovered), JournalError> {
         let started = Instant::now();
-        let (journal, records) = Journal::open(
+        let mut replay = Replay::default();
+        let journal = Journal::open_with(
             &config.dir,
             config.segment_size,
             config.max_record,
             config.faults.clone(),
+            |records, segments| replay.segment(records, segments),
         )?;
-        let (index, mut recovered, max_id) = replay(records);
+        let (index, mut recovered, max_id) = replay.finish();
         recovered.took = started.elapsed();
         info!(
             messages = recovered.owed.len() + recovered.queued.len(),
@@ -936,107 +938,135 @@ impl Interner {
 }
 
 /// Rebuilds the live state from the journal's records.
-fn replay(records: Vec<RawRecord>) -> (Index, Recovered, u64) {
-    let mut index = Index::default();
-    // Most records of a long journal are Adds: no rehashing on the way.
-    index.messages.reserve(records.len());
-    // Messages left in the journal: where they go, and their priority.
-    let mut located: BTreeMap<u64, (Destination, u8)> = BTreeMap::new();
-    let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
-    let mut max_id = 0u64;
-    let mut names = Interner::default();
-    for r in records {
-        let replayed = match replay_record(r.kind, &r.payload, &mut names) {
-            Ok(ops) => ops,
-            Err(e) => {
-                // A record that passed its checksum but does not decode was
-                // written by something else; do not guess.
-                error!(segment = r.location.segment, offset = r.location.offset, error = %e, "undecodable journal record skipped");
-                continue;
-            }
-        };
-        for rep in replayed {
-            let op = match rep {
-                Replayed::Located {
-                    id,
-                    destination,
-                    priority,
-                    subs,
-                } => {
-                    max_id = max_id.max(id);
-                    index.add_located(id, r.location, subs);
-                    located.insert(id, (destination, priority));
+/// Recovery's state while the journal's segments are read, one by one.
+#[derive(Default)]
+struct Replay {
+    index: Index,
+    /// Messages left in the journal: where they go, and their priority.
+    located: BTreeMap<u64, (Destination, u8)>,
+    subs: BTreeMap<u64, RecoveredSub>,
+    max_id: u64,
+    names: Interner,
+}
+
+impl Replay {
+    fn segment(&mut self, records: Vec<RawRecord>, segments: usize) {
+        let Replay {
+            index,
+            located,
+            subs,
+            max_id,
+            names,
+        } = self;
+        if index.messages.is_empty() {
+            // Most records of a long journal are Adds, and segments hold
+            // about as many records each: no rehashing on the way.
+            index.messages.reserve(records.len() * segments);
+        }
+        for r in records {
+            let replayed = match replay_record(r.kind, &r.payload, names) {
+                Ok(ops) => ops,
+                Err(e) => {
+                    // A record that passed its checksum but does not decode was
+                    // written by something else; do not guess.
+                    error!(segment = r.location.segment, offset = r.location.offset, error = %e, "undecodable journal record skipped");
                     continue;
                 }
-                Replayed::Op(op) => op,
             };
-            match &op {
-                // Every Add is located above, without decoding its message.
-                Op::Add { id, .. } => {
-                    max_id = max_id.max(*id);
+            for rep in replayed {
+                let op = match rep {
+                    Replayed::Located {
+                        id,
+                        destination,
+                        priority,
+                        subs,
+                    } => {
+                        *max_id = (*max_id).max(id);
+                        index.add_located(id, r.location, subs);
+                        located.insert(id, (destination, priority));
+                        continue;
+                    }
+                    Replayed::Op(op) => op,
+                };
+                match &op {
+                    // Every Add is located above, without decoding its message.
+                    Op::Add { id, .. } => {
+                        *max_id = (*max_id).max(*id);
+                    }
+                    Op::SubAdd {
+                        sub,
+                        client_id,
+                        name,
+                        topic,
+                        no_local,
+                        selector,
+                    } => {
+                        *max_id = (*max_id).max(*sub);
+                        subs.insert(
+                            *sub,
+                            RecoveredSub {
+                                sub: *sub,
+                                client_id: client_id.clone(),
+                                name: name.clone(),
+                                topic: topic.clone(),
+                                no_local: *no_local,
+                                selector: selector.clone(),
+                            },
+                        );
+                    }
+                    Op::SubRemove { sub } => {
+                        subs.remove(sub);
+                    }
+                    _ => {}
                 }
-                Op::SubAdd {
-                    sub,
-                    client_id,
-                    name,
-                    topic,
-                    no_local,
-                    selector,
-                } => {
-                    max_id = max_id.max(*sub);
-                    subs.insert(
-                        *sub,
-                        RecoveredSub {
-                            sub: *sub,
-                            client_id: client_id.clone(),
-                            name: name.clone(),
-                            topic: topic.clone(),
-                            no_local: *no_local,
-                            selector: selector.clone(),
-                        },
-                    );
-                }
-                Op::SubRemove { sub } => {
-                    subs.remove(sub);
-                }
-                _ => {}
-            }
-            index.apply(&op, r.location);
-            if let Op::Remove { id } | Op::SubAck { id, .. } = &op {
-                if !index.messages.contains_key(id) {
-                    located.remove(id);
+                index.apply(&op, r.location);
+                if let Op::Remove { id } | Op::SubAck { id, .. } = &op {
+                    if !index.messages.contains_key(id) {
+                        located.remove(id);
+                    }
                 }
             }
         }
     }
-    located.retain(|id, _| index.messages.contains_key(id));
-    // Queues and subscriptions get theirs highest priority first, oldest
-    // first within a priority.
-    let mut located: Vec<(u64, Destination, u8)> =
-        located.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
-    located.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
-    let (queued, owed): (Vec<_>, Vec<_>) = located.into_iter().partition(|(_, d, _)| d.is_queue());
-    let recovered = Recovered {
-        queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
-        subs: subs.into_values().collect(),
-        owed: owed
-            .into_iter()
-            .map(|(id, d, _)| {
-                let subs = index.messages[&id]
-                    .subs
-                    .as_ref()
-                    .map(|s| {
-                        let mut v: Vec<u64> = s.iter().copied().collect();
-                        v.sort_unstable();
-                        v
-                    })
-                    .unwrap_or_default();
-                (d, subs, id)
-            })
-            .collect(),
-        took: Duration::ZERO,
-    };
-    (index, recovered, max_id)
+
+    fn finish(self) -> (Index, Recovered, u64) {
+        let Replay {
+            index,
+            mut located,
+            subs,
+            max_id,
+            ..
+        } = self;
+        located.retain(|id, _| index.messages.contains_key(id));
+        // Queues and subscriptions get theirs highest priority first, oldest
+        // first within a priority.
+        let mut located: Vec<(u64, Destination, u8)> =
+            located.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
+        located.sort_by_key(|(id, _, priority)| (std::cmp::Reverse(*priority), *id));
+        let (queued, owed): (Vec<_>, Vec<_>) =
+            located.into_iter().partition(|(_, d, _)| d.is_queue());
+        let recovered = Recovered {
+            queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
+            subs: subs.into_values().collect(),
+            owed: owed
+                .into_iter()
+                .map(|(id, d, _)| {
+                    let subs = index.messages[&id]
+                        .subs
+                        .as_ref()
+                        .map(|s| {
+                            let mut v: Vec<u64> = s.iter().copied().collect();
+                            v.sort_unstable();
+                            v
+                        })
+                        .unwrap_or_default();
+                    (d, subs, id)
+                })
+                .collect(),
+            took: Duration::ZERO,
+        };
+        (index, recovered, max_id)
+    }
 }
 
 /// How soon records that nobody waited for are fsynced when the journal goes idle.

@@ -280,3 +280,39 @@ fn a_failed_rotation_leaves_the_head_segment_last() {
     let (_, recs) = open(dir.path());
     assert_eq!(payloads(&recs), vec![vec![1u8; 3000]]);
 }
+
+#[test]
+fn recovery_reads_one_segment_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = open(dir.path());
+    for i in 0..40u32 {
+        j.append(1, &[i as u8; 500]).unwrap();
+    }
+    j.flush().unwrap();
+    let segments = j.segments().len();
+    assert!(segments > 3);
+    drop(j);
+    let mut visits = Vec::new();
+    let mut next = 0u8;
+    Journal::open_with(
+        dir.path(),
+        4096,
+        1 << 20,
+        Faults::default(),
+        |records, n| {
+            assert_eq!(n, segments);
+            // Each visit is one whole segment, in order.
+            assert!(records
+                .windows(2)
+                .all(|w| w[0].location.segment == w[1].location.segment));
+            for r in &records {
+                assert_eq!(r.payload[0], next);
+                next += 1;
+            }
+            visits.push(records.len());
+        },
+    )
+    .unwrap();
+    assert_eq!(visits.len(), segments);
+    assert_eq!(next, 40);
+}
