@@ -812,6 +812,25 @@ async fn temporary_queues_for_request_reply() {
     let reply = requester.expect_message().await;
     assert_eq!(body(&reply), "pong");
     assert_eq!(reply.header("subscription").unwrap(), "replies");
+    // Its own temporary queue, by the name it gave it (as ActiveMQ shows it).
+    assert_eq!(reply.header("destination").unwrap(), "/temp-queue/replies");
+    // The same in a reply-to it gets back.
+    responder
+        .send(
+            &frame(
+                Command::Send,
+                &[
+                    ("destination", &reply_to),
+                    ("reply-to", &reply_to),
+                    ("receipt", "r2"),
+                ],
+            )
+            .with_body("pong again"),
+        )
+        .await;
+    responder.expect_receipt("r2").await;
+    let reply = requester.expect_message().await;
+    assert_eq!(reply.header("reply-to").unwrap(), "/temp-queue/replies");
     // The temporary queue goes with its connection.
     requester.disconnect().await;
     responder

@@ -222,9 +222,40 @@ pub fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
 pub struct EncodeMemo {
     scratch: String,
     producer: Option<(Arc<str>, Version, BytesMut)>,
+    /// The connection's temporary destinations, shown as it named them.
+    pub temps: Arc<TempNames>,
+}
+
+/// A connection's temporary destinations: their broker name, and the name
+/// the connection gave them (`/temp-queue/replies`). ActiveMQ shows a
+/// connection its own temporary destinations by that name, and everyone
+/// else's as `/remote-temp-queue/<broker name>`.
+#[derive(Default)]
+pub struct TempNames(std::sync::Mutex<std::collections::HashMap<Arc<str>, String>>);
+
+impl TempNames {
+    pub fn insert(&self, d: &Destination, given: String) {
+        self.lock().insert(d.name.clone(), given);
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl EncodeMemo {
+    /// A memo for a connection with these temporary destinations.
+    pub fn with_temps(temps: Arc<TempNames>) -> Self {
+        EncodeMemo {
+            temps,
+            ..Default::default()
+        }
+    }
+
     /// `<producer id>:` as a message-id header value starts, escaped.
     fn producer_prefix(&mut self, producer: &Arc<str>, version: Version) -> &[u8] {
         let fresh = match &self.producer {
@@ -260,7 +291,7 @@ pub fn encode_message(
     out.extend_from_slice(memo.producer_prefix(&m.id.producer, version));
     put_uint(out, m.id.seq);
     out.put_u8(b'\n');
-    put_destination_header(out, "destination", &m.destination, esc);
+    put_destination_header(out, "destination", &m.destination, esc, &memo.temps);
     if ack_mode != AckMode::Auto && version == Version::V1_2 {
         out.extend_from_slice(b"ack:");
         put_uint(out, delivery.consumer);
@@ -282,13 +313,13 @@ pub fn encode_message(
         put_known_header(out, "correlation-id", c, esc);
     }
     if let Some(r) = &extras.reply_to {
-        put_destination_header(out, "reply-to", r, esc);
+        put_destination_header(out, "reply-to", r, esc, &memo.temps);
     }
     if let Some(t) = &extras.jms_type {
         put_known_header(out, "type", t, esc);
     }
     if let Some(o) = &extras.original_destination {
-        put_destination_header(out, "original-destination", o, esc);
+        put_destination_header(out, "original-destination", o, esc, &memo.temps);
     }
     for (name, value) in &m.properties {
         put_text(out, name, esc);
@@ -327,9 +358,17 @@ fn put_destination_header(
     name: &'static str,
     d: &Destination,
     esc: Option<Version>,
+    temps: &TempNames,
 ) {
     out.extend_from_slice(name.as_bytes());
     out.put_u8(b':');
+    if d.kind.is_temporary() {
+        if let Some(given) = temps.lock().get(&d.name) {
+            put_text(out, given, esc);
+            out.put_u8(b'\n');
+            return;
+        }
+    }
     out.extend_from_slice(destination_prefix(d).as_bytes());
     put_text(out, &d.name, esc);
     out.put_u8(b'\n');

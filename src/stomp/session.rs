@@ -179,6 +179,9 @@ struct Session {
     browsers: std::collections::HashSet<ByteStr>,
     /// This connection's temporary destinations, by the name it gave them.
     temps: HashMap<String, Destination>,
+    /// The same, the other way round, for the writer (MESSAGE frames show
+    /// them by the name given).
+    temp_names: Arc<mapping::TempNames>,
     control: mpsc::Sender<Ctl>,
     outbox: Arc<Outbox<Out>>,
     read_timeout: Option<Duration>,
@@ -203,10 +206,12 @@ pub async fn serve(
     let (control, control_rx) = mpsc::channel(settings.control_queue.max(1));
     let outbox = Arc::new(Outbox::new());
     let conn_token = shutdown.child_token();
+    let temp_names = Arc::new(mapping::TempNames::default());
     let writer = tokio::spawn(writer(
         write,
         control_rx,
         outbox.clone(),
+        temp_names.clone(),
         conn_token.clone(),
     ));
 
@@ -230,6 +235,7 @@ pub async fn serve(
         txs: HashMap::new(),
         targets: HashMap::new(),
         temps: HashMap::new(),
+        temp_names,
         browsers: std::collections::HashSet::new(),
         control,
         outbox,
@@ -478,6 +484,11 @@ impl Session {
         self.broker
             .create_temp(&d, self.connection, &self.connection_name)
             .map_err(|e| ProtocolError::soft(e.to_string()))?;
+        let given = match kind {
+            crate::broker::destination::DestinationKind::TempQueue => "/temp-queue/",
+            _ => "/temp-topic/",
+        };
+        self.temp_names.insert(&d, format!("{given}{}", own.trim()));
         self.temps.insert(own.trim().to_string(), d.clone());
         Ok(d)
     }
@@ -756,7 +767,7 @@ impl Session {
             .map(|q| q.browse())
             .unwrap_or_default();
         let now = crate::broker::message::now_millis();
-        let mut memo = mapping::EncodeMemo::default();
+        let mut memo = mapping::EncodeMemo::with_temps(self.temp_names.clone());
         for (i, m) in messages.into_iter().enumerate() {
             if m.is_expired(now) || selector.is_some_and(|s| !s.matches(&m)) {
                 continue;
@@ -993,6 +1004,7 @@ impl Session {
         }
         self.broker.delete_temps_of(self.connection);
         self.temps.clear();
+        self.temp_names.clear();
     }
 }
 
@@ -1014,12 +1026,13 @@ async fn writer(
     mut sock: OwnedWriteHalf,
     mut control: mpsc::Receiver<Ctl>,
     outbox: Arc<Outbox<Out>>,
+    temp_names: Arc<mapping::TempNames>,
     token: CancellationToken,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
     let mut written: Vec<(Arc<SubCtx>, u64)> = Vec::new();
-    let mut memo = mapping::EncodeMemo::default();
+    let mut memo = mapping::EncodeMemo::with_temps(temp_names);
     let mut heart_beat: Option<tokio::time::Interval> = None;
     let mut hb_period = Duration::ZERO;
     let mut last_write = Instant::now();
