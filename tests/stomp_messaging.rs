@@ -895,10 +895,37 @@ async fn queue_browser_subscription() {
     .await;
     c.expect_receipt("u").await;
     // Browsing consumed nothing.
-    c.subscribe("all", "/queue/browse", "auto", &[]).await;
+    c.subscribe("all", "/queue/browse", "client", &[]).await;
+    let mut last = None;
     for i in 0..4 {
-        assert_eq!(body(&c.expect_message().await), format!("b{i}"));
+        let m = c.expect_message().await;
+        assert_eq!(body(&m), format!("b{i}"));
+        last = m.header("ack").cloned();
     }
+    // Delivered but not acknowledged: a browser still sees them (ActiveMQ's
+    // browsers see every message not acknowledged).
+    let mut br = b.connect("1.2").await;
+    br.subscribe("br2", "/queue/browse", "auto", &[("browser", "true")])
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        let m = br.expect_message().await;
+        if m.header("browser").is_some_and(|v| v == "end") {
+            break;
+        }
+        seen.push(body(&m));
+    }
+    assert_eq!(seen, ["b0", "b1", "b2", "b3"]);
+    c.send(&frame(
+        Command::Ack,
+        &[("id", &last.unwrap()), ("receipt", "a")],
+    ))
+    .await;
+    c.expect_receipt("a").await;
+    br.subscribe("br3", "/queue/browse", "auto", &[("browser", "true")])
+        .await;
+    let end = br.expect_message().await;
+    assert_eq!(end.header("browser").unwrap(), "end", "all acknowledged");
 }
 
 #[tokio::test]

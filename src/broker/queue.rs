@@ -672,15 +672,26 @@ impl Queue {
         }
     }
 
-    /// Messages waiting for a consumer, oldest first (a browser's view): the
-    /// ones in memory, after reading back a page of those paged out (like
-    /// ActiveMQ, a browser sees a bounded page of a large backlog).
+    /// The queue's messages not yet acknowledged (a browser's view): those
+    /// consumers have, oldest first, then those waiting for one, in memory
+    /// after reading back a page of those paged out (like ActiveMQ, a
+    /// browser sees a bounded page of a large backlog).
     pub fn browse(&self) -> Vec<Arc<Message>> {
         let mut st = self.lock();
         if !st.paged.is_empty() && st.pending.len() < PAGE_IN_BELOW {
             self.page_in(&mut st);
         }
-        st.pending.iter().map(|e| e.message.clone()).collect()
+        let mut delivered: Vec<&Entry> = st
+            .consumers
+            .iter()
+            .flat_map(|c| c.in_flight.iter().map(|f| &f.entry))
+            .collect();
+        delivered.sort_by_key(|e| e.order);
+        delivered
+            .into_iter()
+            .chain(st.pending.iter())
+            .map(|e| e.message.clone())
+            .collect()
     }
 
     /// Messages waiting for a consumer, in memory or paged out.
