@@ -970,3 +970,39 @@ async fn a_durable_subscription_is_confirmed_once_durable() {
     c.subscribe("p", "/topic/plain", "auto", &[]).await;
     assert!(started.elapsed() < Duration::from_millis(500));
 }
+
+/// A send to a composite destination in STOMP form reaches each element as
+/// a copy of its own (destination: the element; original-destination: the
+/// composite), stored for each queue as a send to it alone would be.
+#[tokio::test]
+async fn a_composite_send_reaches_each_element_and_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut t = b.connect("1.2").await;
+    t.subscribe("t", "/topic/ct", "auto", &[]).await;
+    let mut p = b.connect("1.2").await;
+    p.send(&persistent("/queue/ca,/queue/cb,/topic/ct", "fan", "r"))
+        .await;
+    p.expect_receipt("r").await;
+    let m = t.expect_message().await;
+    assert_eq!(body(&m), "fan");
+    assert_eq!(m.header("destination").unwrap(), "/topic/ct");
+    drop(t);
+    drop(p);
+    b.stop().await;
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut c = b.connect("1.2").await;
+    for (id, q) in [("a", "/queue/ca"), ("b", "/queue/cb")] {
+        c.subscribe(id, q, "auto", &[]).await;
+        let m = c.expect_message().await;
+        assert_eq!(body(&m), "fan");
+        assert_eq!(m.header("destination").unwrap(), q);
+        assert!(
+            m.header("original-destination")
+                .is_some_and(|o| o.contains("cb")),
+            "{m:?}"
+        );
+    }
+    // No queue is named after the composite's other parts.
+    assert!(b.broker.find_queue("/queue/cb").is_none());
+}

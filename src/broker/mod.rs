@@ -102,7 +102,10 @@ impl Target {
                 }
             }
             Target::Topic(t) => t.publish(&message),
-            Target::Many(all) => all.iter().flat_map(|t| t.send(message.clone())).collect(),
+            Target::Many(_) => each_element(self, (*message).clone())
+                .into_iter()
+                .flat_map(|(t, m)| t.send(Arc::new(m)))
+                .collect(),
         }
     }
 
@@ -114,6 +117,26 @@ impl Target {
             Target::Many(all) => all.iter().all(Target::is_live),
         }
     }
+}
+
+/// A message to `target` as what each destination gets: a composite's
+/// elements each get a copy of their own, whose destination is the element
+/// and whose original destination is the composite (as ActiveMQ's
+/// CompositeDestinationBroker sends them); anything else, the message.
+pub fn each_element(target: &Target, message: Message) -> Vec<(Target, Message)> {
+    let Target::Many(all) = target else {
+        return vec![(target.clone(), message)];
+    };
+    let composite = message.destination.clone();
+    all.iter()
+        .zip(composite_elements(&composite))
+        .flat_map(|(t, d)| {
+            let mut copy = message.clone();
+            copy.destination = d;
+            copy.extras_mut().original_destination = Some(composite.clone());
+            each_element(t, copy)
+        })
+        .collect()
 }
 
 /// Splits a composite destination name (`a,b,topic://c`) into its elements;
@@ -1099,7 +1122,7 @@ impl Broker {
                 }
                 subs
             }
-            // Composite destinations are not persisted (yet).
+            // Sent as its elements (see `each_element`).
             Target::Many(_) => return None,
         };
         m.store_id = store.next_id();
@@ -1123,6 +1146,14 @@ impl Broker {
         target: &Target,
         message: Message,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
+        if let Target::Many(_) = target {
+            // Each element is sent (and stored) as if sent to it alone.
+            let mut full = Vec::new();
+            for (t, m) in each_element(target, message) {
+                full.extend(Box::pin(self.send(&t, m)).await?);
+            }
+            return Ok(full);
+        }
         let (message, op) = self.persist(target, message);
         let Some(op) = op else {
             return Ok(target.send(message));
@@ -1191,6 +1222,7 @@ impl Broker {
         let mut ops = Vec::new();
         let sends: Vec<(Target, Arc<Message>)> = sends
             .into_iter()
+            .flat_map(|(target, m)| each_element(&target, m))
             .map(|(target, m)| {
                 let (m, op) = self.persist(&target, m);
                 ops.extend(op);

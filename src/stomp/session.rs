@@ -13,7 +13,7 @@
 //! client (they come back flagged redelivered) and which never left (they come
 //! back as they were).
 
-use crate::broker::destination::Destination;
+use crate::broker::destination::{Destination, DestinationKind};
 use crate::broker::message::{ConsumerName, MessageId};
 use crate::broker::queue::{AckAction, Queue};
 use crate::broker::selector::Selector;
@@ -461,6 +461,9 @@ impl Session {
     /// A STOMP destination name as a core destination; `/temp-queue/NAME`
     /// makes (once) a temporary queue of this connection, as ActiveMQ does.
     fn destination(&mut self, name: &str) -> Result<Destination, ProtocolError> {
+        if name.contains(',') {
+            return self.composite(name);
+        }
         let Some((kind, own)) = mapping::temp_name(name.trim()) else {
             return Ok(parse_destination(name)?);
         };
@@ -485,12 +488,39 @@ impl Session {
             .create_temp(&d, self.connection, &self.connection_name)
             .map_err(|e| ProtocolError::soft(e.to_string()))?;
         let given = match kind {
-            crate::broker::destination::DestinationKind::TempQueue => "/temp-queue/",
+            DestinationKind::TempQueue => "/temp-queue/",
             _ => "/temp-topic/",
         };
         self.temp_names.insert(&d, format!("{given}{}", own.trim()));
         self.temps.insert(own.trim().to_string(), d.clone());
         Ok(d)
+    }
+
+    /// `/queue/a,/topic/b`: a composite destination, each element named as
+    /// a destination alone is; written as the core names composites
+    /// (`a,topic://b`: an element without a scheme has the first's kind).
+    fn composite(&mut self, name: &str) -> Result<Destination, ProtocolError> {
+        let mut first: Option<Destination> = None;
+        let mut joined = String::with_capacity(name.len());
+        for element in name.split(',') {
+            let d = self.destination(element)?;
+            match &first {
+                None => joined.push_str(&d.name),
+                Some(_) => {
+                    joined.push(',');
+                    joined.push_str(match d.kind {
+                        DestinationKind::Queue => "queue://",
+                        DestinationKind::Topic => "topic://",
+                        DestinationKind::TempQueue => "temp-queue://",
+                        DestinationKind::TempTopic => "temp-topic://",
+                    });
+                    joined.push_str(&d.name);
+                }
+            }
+            first.get_or_insert(d);
+        }
+        let kind = first.map_or(DestinationKind::Queue, |d| d.kind);
+        Ok(Destination::new(kind, joined))
     }
 
     fn target(&mut self, name: &ByteStr) -> Result<(Destination, Target), ProtocolError> {
