@@ -1013,3 +1013,39 @@ async fn exclusive_consumers_and_message_groups() {
         );
     }
 }
+
+/// Without a client-id a connection's durable subscriptions are its
+/// connection id's (as ActiveMQ does): they work while it is connected.
+#[tokio::test]
+async fn durable_subscription_without_a_client_id() {
+    let b = TestBroker::start().await;
+    let mut c = b.connect("1.2").await;
+    let durable = [("activemq.subscriptionName", "mine")];
+    c.subscribe("d", "/topic/dnc", "auto", &durable).await;
+    c.send(&frame(
+        Command::Unsubscribe,
+        &[("id", "d"), ("receipt", "off")],
+    ))
+    .await;
+    c.expect_receipt("off").await;
+    // Kept while inactive.
+    c.send_text("/topic/dnc", "while away", Some("s")).await;
+    c.subscribe("d2", "/topic/dnc", "auto", &durable).await;
+    assert_eq!(body(&c.expect_message().await), "while away");
+    c.send(&frame(
+        Command::Unsubscribe,
+        &[("id", "d2"), ("receipt", "off2")],
+    ))
+    .await;
+    c.expect_receipt("off2").await;
+    c.send(&frame(
+        Command::Unsubscribe,
+        &[
+            ("id", "x"),
+            ("activemq.subscriptionName", "mine"),
+            ("receipt", "rm"),
+        ],
+    ))
+    .await;
+    c.expect_receipt("rm").await;
+}

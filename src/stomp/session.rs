@@ -496,6 +496,13 @@ impl Session {
         Ok(d)
     }
 
+    /// Whose durable subscriptions this connection's are: its client-id, or
+    /// without one its connection id (as ActiveMQ's STOMP connector gives a
+    /// connection without a client-id).
+    fn durable_client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or(&self.connection_name)
+    }
+
     /// `/queue/a,/topic/b`: a composite destination, each element named as
     /// a destination alone is; written as the core names composites
     /// (`a,topic://b`: an element without a scheme has the first's kind).
@@ -648,12 +655,7 @@ impl Session {
             ));
         }
         let durable = match durable_name {
-            Some(name) => {
-                let client_id = self.client_id.as_deref().ok_or_else(|| {
-                    ProtocolError::soft("Durable subscriptions need a client-id header on CONNECT")
-                })?;
-                Some((client_id, name.as_str()))
-            }
+            Some(name) => Some((self.durable_client_id(), name.as_str())),
             None => None,
         };
         let prefetch = match frame.header("activemq.prefetchSize") {
@@ -750,10 +752,7 @@ impl Session {
             .header("activemq.subscriptionName")
             .or_else(|| frame.header("durable-subscription-name"))
         {
-            let client_id = self.client_id.clone().ok_or_else(|| {
-                ProtocolError::soft("Durable subscriptions need a client-id header on CONNECT")
-            })?;
-            return match self.broker.remove_durable(&client_id, name) {
+            return match self.broker.remove_durable(self.durable_client_id(), name) {
                 Ok(()) => Ok(()),
                 Err(e @ BrokerError::DurableInUse) => Err(ProtocolError::soft(e.to_string())),
                 Err(e) => Err(ProtocolError::soft(e.to_string())),
