@@ -168,13 +168,14 @@ pub fn is_wildcard(name: &str) -> bool {
 }
 
 /// ActiveMQ's wildcard matching: `.` separates levels, `*` matches one level,
-/// `>` (last) matches one or more remaining levels.
+/// `>` (last) matches the remaining levels, none included (`a.>` matches `a`,
+/// as ActiveMQ's PrefixDestinationFilter has it).
 pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
     let mut p = pattern.split('.');
     let mut n = name.split('.');
     loop {
         match (p.next(), n.next()) {
-            (Some(">"), Some(_)) => return true,
+            (Some(">"), _) => return true,
             (Some("*"), Some(_)) => {}
             (Some(a), Some(b)) if a == b => {}
             (None, None) => return true,

@@ -145,7 +145,10 @@ fn wildcard_patterns() {
         ("a.*", "a.b.c", false),
         ("a.>", "a.b.c", true),
         ("a.>", "a.b", true),
-        ("a.>", "a", false),
+        // As ActiveMQ's PrefixDestinationFilter: "A matches A.>".
+        ("a.>", "a", true),
+        ("a.>", "ab", false),
+        ("a.b.>", "a", false),
         ("*.b", "a.b", true),
         ("a.*.c", "a.x.c", true),
         ("a.*.c", "a.x.d", false),
