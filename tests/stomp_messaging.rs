@@ -1049,3 +1049,43 @@ async fn durable_subscription_without_a_client_id() {
     .await;
     c.expect_receipt("rm").await;
 }
+
+/// JMS map, object and stream messages, and plain ones, reach STOMP
+/// consumers without a body (as ActiveMQ's STOMP connector sends them: only
+/// text and bytes messages have one there).
+#[tokio::test]
+async fn jms_only_bodies_are_not_sent_to_stomp() {
+    use ferromq::broker::destination::Destination;
+    use ferromq::broker::message::{BodyKind, Message, MessageId};
+    let b = TestBroker::start().await;
+    let q = Destination::queue("kinds");
+    let target = b.broker.resolve(&q).unwrap();
+    let kinds = [
+        BodyKind::Map,
+        BodyKind::Object,
+        BodyKind::Stream,
+        BodyKind::Empty,
+        BodyKind::Bytes,
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let id = MessageId {
+            producer: std::sync::Arc::from("ID:jms-1:1:1:1"),
+            seq: i as u64 + 1,
+        };
+        let body = bytes::Bytes::from_static(b"\0\0\0\x01\0\x01k\x09\0\0\0\x01x");
+        b.broker
+            .send(&target, Message::new(id, q.clone(), kind, body))
+            .await
+            .unwrap();
+    }
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/kinds", "auto", &[]).await;
+    for _ in 0..4 {
+        let m = c.expect_message().await;
+        assert!(m.body.is_empty(), "{m:?}");
+        assert!(m.header("content-length").is_none(), "{m:?}");
+    }
+    let bytes = c.expect_message().await;
+    assert_eq!(bytes.body.len(), 13);
+    assert_eq!(bytes.header("content-length").unwrap(), "13");
+}

@@ -339,15 +339,22 @@ pub fn encode_message(
         out.put_u8(b'\n');
     }
     // A text body goes without content-length, as ActiveMQ sends it, unless it
-    // holds a NUL that would end the frame early.
-    if m.body_kind != BodyKind::Text || memchr::memchr(0, &m.body).is_some() {
-        put_int_header(out, "content-length", m.body.len() as i64);
+    // holds a NUL that would end the frame early. Only text and bytes
+    // messages have a body in STOMP: JMS map, object and stream messages
+    // (in OpenWire's encoding) and plain messages come without one, as
+    // ActiveMQ's STOMP connector sends them.
+    let body: &[u8] = match m.body_kind {
+        BodyKind::Text | BodyKind::Bytes => &m.body,
+        BodyKind::Map | BodyKind::Object | BodyKind::Stream | BodyKind::Empty => &[],
+    };
+    if m.body_kind == BodyKind::Bytes || memchr::memchr(0, body).is_some() {
+        put_int_header(out, "content-length", body.len() as i64);
     }
     out.put_u8(b'\n');
-    if m.body.len() > inline_body_limit {
+    if body.len() > inline_body_limit {
         return Some(m.body.clone());
     }
-    out.extend_from_slice(&m.body);
+    out.extend_from_slice(body);
     out.extend_from_slice(b"\0\n");
     None
 }

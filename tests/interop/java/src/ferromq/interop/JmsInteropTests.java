@@ -189,6 +189,7 @@ public final class JmsInteropTests {
         test("stompBytesToJms", JmsInteropTests::stompBytesToJms);
         test("jmsTextToStomp", JmsInteropTests::jmsTextToStomp);
         test("jmsBytesToStomp", JmsInteropTests::jmsBytesToStomp);
+        test("jmsMapAndPlainToStomp", JmsInteropTests::jmsMapAndPlainToStomp);
         test("stompAndJmsTopics", JmsInteropTests::stompAndJmsTopics);
         test("stompEmojiTextToJms", JmsInteropTests::stompEmojiTextToJms);
         test("jmsEmojiTextToStomp", JmsInteropTests::jmsEmojiTextToStomp);
@@ -2330,6 +2331,35 @@ public final class JmsInteropTests {
             eq("/topic/reply-topic", f.header("reply-to"), "reply-to topic");
             eq(null, f.header("persistent"), "no persistent header for a non-persistent message");
             eq(m.getJMSMessageID(), f.header("message-id"), "message-id");
+        } finally {
+            quietClose(c, stomp);
+        }
+    }
+
+    /** A MapMessage and a plain Message reach STOMP without a body or content-length (as ActiveMQ sends them). */
+    static void jmsMapAndPlainToStomp() throws Exception {
+        String q = uniq("queue-test");
+        StompClient stomp = stompSubscribe("/queue/" + q);
+        Connection c = connect();
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = s.createProducer(s.createQueue(q));
+            p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+            MapMessage map = s.createMapMessage();
+            map.setString("k", "v");
+            map.setIntProperty("intProp", 7);
+            p.send(map);
+            Message plain = s.createMessage();
+            plain.setStringProperty("kind", "plain");
+            p.send(plain);
+            StompClient.Frame f = stompMessage(stomp, "JMS MapMessage");
+            eq("7", f.header("intProp"), "intProp");
+            eq(null, f.header("content-length"), "no content-length for a MapMessage");
+            eq(0, f.body.length, "no body for a MapMessage");
+            f = stompMessage(stomp, "JMS Message");
+            eq("plain", f.header("kind"), "kind");
+            eq(null, f.header("content-length"), "no content-length for a plain Message");
+            eq(0, f.body.length, "no body for a plain Message");
         } finally {
             quietClose(c, stomp);
         }
