@@ -307,16 +307,6 @@ async fn per_frame_errors_keep_the_connection() {
             "cannot durably subscribe to a Queue",
         ),
         (
-            vec![
-                ("receipt", "14"),
-                ("destination", "/topic/a"),
-                ("id", "d"),
-                ("activemq.subscriptionName", "n"),
-            ],
-            Command::Subscribe,
-            "client-id",
-        ),
-        (
             vec![("receipt", "15")],
             Command::Connect,
             "Already connected.",
