@@ -654,10 +654,7 @@ impl Session {
                 "Invalid Subscription: cannot durably subscribe to a Queue destination!",
             ));
         }
-        let durable = match durable_name {
-            Some(name) => Some((self.durable_client_id(), name.as_str())),
-            None => None,
-        };
+        let durable = durable_name.map(|name| (self.durable_client_id(), name.as_str()));
         let prefetch = match frame.header("activemq.prefetchSize") {
             Some(v) => v
                 .trim()
