@@ -108,6 +108,10 @@ pub struct BrokerSection {
     pub data_dir: PathBuf,
     /// The dead-letter queue.
     pub dead_letter_queue: String,
+    /// How often expired messages are taken out of queues and durable
+    /// subscriptions nobody consumes from (ActiveMQ's expireMessagesPeriod);
+    /// 0 disables it (they still expire when they would be delivered).
+    pub expire_messages_period_ms: u64,
 }
 
 /// Listener addresses; an empty string disables a listener.
@@ -157,6 +161,7 @@ impl Default for BrokerSection {
             name: "localhost".into(),
             data_dir: PathBuf::from("./data"),
             dead_letter_queue: "ActiveMQ.DLQ".into(),
+            expire_messages_period_ms: 30_000,
         }
     }
 }

@@ -1089,3 +1089,48 @@ async fn jms_only_bodies_are_not_sent_to_stomp() {
     assert_eq!(bytes.body.len(), 13);
     assert_eq!(bytes.header("content-length").unwrap(), "13");
 }
+
+/// Expired messages leave a queue nobody consumes from (ActiveMQ's periodic
+/// expiry): persistent ones to the dead-letter queue, the others dropped.
+#[tokio::test]
+async fn expired_messages_leave_a_queue_without_consumers() {
+    let b = TestBroker::start_with(|c| c.broker.expire_messages_period_ms = 100).await;
+    let mut p = b.connect("1.2").await;
+    let soon = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 200)
+        .to_string();
+    for (i, persistent) in [(0, "true"), (1, "false")] {
+        p.send(
+            &frame(
+                Command::Send,
+                &[
+                    ("destination", "/queue/nobody"),
+                    ("expires", &soon),
+                    ("persistent", persistent),
+                    ("receipt", &format!("r{i}")),
+                ],
+            )
+            .with_body(format!("short-lived {persistent}")),
+        )
+        .await;
+        p.expect_receipt(&format!("r{i}")).await;
+    }
+    p.send_text("/queue/nobody", "lasting", Some("r2")).await;
+    let q = b.broker.queue("nobody");
+    assert_eq!(q.pending_count(), 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while q.pending_count() > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(q.pending_count(), 1, "the expired ones are gone");
+    let dlq = b.broker.queue("ActiveMQ.DLQ");
+    let dead: Vec<String> = dlq
+        .browse()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(dead, ["short-lived true"]);
+}

@@ -1257,6 +1257,19 @@ impl Broker {
         Ok(full)
     }
 
+    /// Takes the expired messages out of every queue and durable
+    /// subscription, consumed or not (run periodically, as ActiveMQ's
+    /// expireMessagesPeriod). Returns how many.
+    pub fn expire_messages(&self) -> usize {
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .iter()
+            .map(|q| q.value().clone())
+            .chain(self.durables.iter().map(|d| d.value().queue.clone()))
+            .collect();
+        queues.iter().map(|q| q.expire_pending()).sum()
+    }
+
     /// Resolves when everything recorded so far is durable (a receipt for an
     /// acknowledgement is sent after this).
     pub async fn sync(&self) -> Result<(), StoreError> {

@@ -40,6 +40,9 @@ pub enum AckAction {
     Consume,
     /// Poison (STOMP NACK): moved to the dead-letter queue.
     Poison,
+    /// Expired in the consumer's hands (the JMS client's EXPIRED ack): moved
+    /// to the dead-letter queue as an expired message.
+    Expire,
     /// Acknowledged inside a transaction: settled at commit or rollback.
     Hold,
 }
@@ -475,6 +478,11 @@ impl Queue {
         let mut freed = 0;
         let mut poisoned = Vec::new();
         let mut forgotten = Vec::new();
+        let dead_cause = match action {
+            AckAction::Poison => Some(DeadCause::Poison(cause)),
+            AckAction::Expire => Some(DeadCause::Expired),
+            AckAction::Consume | AckAction::Hold => None,
+        };
         let (covered, mut dead) = {
             let mut st = self.lock();
             let slot = st
@@ -494,14 +502,14 @@ impl Queue {
                         }
                     }
                 }
-                AckAction::Consume | AckAction::Poison => {
+                AckAction::Consume | AckAction::Poison | AckAction::Expire => {
                     for f in slot.in_flight.drain(range) {
                         covered.push(f.seq);
                         if !f.held {
                             slot.credit_used -= 1;
                         }
                         freed += f.entry.message.memory_size();
-                        if action == AckAction::Poison && self.dead_letters {
+                        if dead_cause.is_some() && self.dead_letters {
                             poisoned.push(f.entry.message);
                         } else {
                             self.forget(&f.entry.message, &mut forgotten);
@@ -515,11 +523,9 @@ impl Queue {
             self.release(freed);
             (covered, self.dispatch(&mut st))
         };
-        dead.extend(
-            poisoned
-                .into_iter()
-                .map(|m| (m, DeadCause::Poison(cause.clone()))),
-        );
+        if let Some(cause) = dead_cause {
+            dead.extend(poisoned.into_iter().map(|m| (m, cause.clone())));
+        }
         self.finish(dead, forgotten);
         Ok(covered)
     }
@@ -774,6 +780,33 @@ impl Queue {
     }
 
     /// Takes an expired pending message out, to be routed once the lock is released.
+    /// Takes out the expired messages waiting in memory, whether or not
+    /// anyone consumes (ActiveMQ's periodic expiry: a queue nobody reads
+    /// does not fill up with them). Returns how many.
+    pub fn expire_pending(&self) -> usize {
+        let now = now_millis();
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut i = 0;
+            while i < st.pending.len() {
+                if st.pending[i].message.is_expired(now) {
+                    self.take_expired(&mut st, i, &mut dead);
+                    if i < st.unselected {
+                        st.unselected -= 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let n = dead.len();
+        if n > 0 {
+            self.finish(dead, Vec::new());
+        }
+        n
+    }
+
     fn take_expired(
         &self,
         st: &mut QueueState,
@@ -831,11 +864,20 @@ impl Queue {
             }
             let n = st.consumers.len();
             // A message of a group goes to the group's consumer, if it has one.
+            // As ActiveMQ's assignMessageGroup: sequence 1 starts the group
+            // afresh (whoever takes it owns it), a negative one ends it.
             let group = match st.pending[at].message.property("JMSXGroupID") {
                 Some(crate::broker::message::PropValue::String(g)) => Some(g.clone()),
                 _ => None,
             };
-            let owner = group.as_ref().and_then(|g| {
+            let group_seq = match group
+                .is_some()
+                .then(|| st.pending[at].message.property("JMSXGroupSeq"))
+            {
+                Some(Some(crate::broker::message::PropValue::Int(n))) => *n,
+                _ => 0,
+            };
+            let owner = group.as_ref().filter(|_| group_seq != 1).and_then(|g| {
                 let id = *st.groups.get(g)?;
                 st.consumers.iter().position(|c| c.spec.id == id && !c.dead)
             });
@@ -886,6 +928,9 @@ impl Queue {
                     });
                     st.next_consumer = (i + 1) % n;
                     self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+                    if let (Some(g), true) = (&group, group_seq < 0) {
+                        st.groups.remove(g);
+                    }
                 } else {
                     slot.dead = true;
                     st.pending.insert(at, entry);

@@ -85,6 +85,7 @@ pub struct Server {
     listeners: Vec<(ListenerKind, TcpListener)>,
     settings: Settings,
     max_connections: usize,
+    expire_period: Duration,
 }
 
 /// Per-protocol settings every connection task gets.
@@ -146,6 +147,7 @@ impl Server {
                 openwire: Arc::new(config.openwire_settings()),
             },
             max_connections: config.limits.max_connections,
+            expire_period: Duration::from_millis(config.broker.expire_messages_period_ms),
         })
     }
 
@@ -179,6 +181,30 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        // Expired messages leave queues nobody consumes from too.
+        let broker = self.broker.clone();
+        let stop = shutdown.clone();
+        let period = self.expire_period;
+        let sweeper = async move {
+            if period.is_zero() {
+                return;
+            }
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let n = broker.expire_messages();
+                        if n > 0 {
+                            tracing::debug!(expired = n, "expired messages taken out");
+                        }
+                    }
+                }
+            }
+        };
+        tracker.spawn(sweeper);
         shutdown.cancelled().await;
         info!("shutting down: closing connections");
         tracker.close();

@@ -397,6 +397,39 @@ fn a_message_group_sticks_to_one_consumer() {
     assert!(survivor.bodies().contains(&"x9".to_string()));
 }
 
+/// As ActiveMQ: JMSXGroupSeq 1 starts a group afresh (on whichever consumer
+/// takes it), a negative one closes it.
+#[test]
+fn a_group_sequence_restarts_and_closes_a_group() {
+    use crate::broker::message::PropValue;
+    let (_b, q) = setup();
+    let (a, sa) = consumer(1, 100);
+    let (b, sb) = consumer(2, 100);
+    q.add_consumer(a);
+    q.add_consumer(b);
+    let send = |seq: u64, group: &str, group_seq: i32| {
+        let mut m = Message::clone(&msg(seq, &format!("{group}{seq}"), false));
+        m.properties
+            .push(("JMSXGroupID".into(), PropValue::String(group.into())));
+        m.properties
+            .push(("JMSXGroupSeq".into(), PropValue::Int(group_seq)));
+        q.send(Arc::new(m));
+    };
+    // Round robin starts at consumer 1: the group is its.
+    send(0, "g", 0);
+    send(1, "g", 0);
+    // Closed by its last message: the next one goes round robin, to 2.
+    send(2, "g", -1);
+    send(3, "g", 0);
+    assert_eq!(sa.bodies(), ["g0", "g1", "g2"]);
+    assert_eq!(sb.bodies(), ["g3"], "the closed group was assigned afresh");
+    // Sequence 1 starts it afresh even though 2 owns it: round robin gives
+    // it to 1, and the rest follows.
+    send(4, "g", 1);
+    send(5, "g", 0);
+    assert_eq!(sa.bodies(), ["g4", "g5"]);
+}
+
 /// A durable subscription's paged message whose record is no longer in the
 /// journal (it was stored for the subscriptions attached before this one,
 /// and they are done with it) is skipped, not waited for: the ones behind
