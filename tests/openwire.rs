@@ -217,3 +217,44 @@ async fn pipelined_synchronous_sends_past_the_memory_limit_are_bounded() {
     );
     sender.abort();
 }
+
+/// A standard ack covers its range, from its first message id (ActiveMQ's
+/// PrefetchSubscription): a message before it that the client holds back
+/// (for a delayed redelivery) stays unacknowledged, and goes back to the
+/// queue when the connection goes.
+#[tokio::test]
+async fn a_standard_ack_covers_only_its_range() {
+    let b = TestBroker::start().await;
+    let mut p = b.connect("1.2").await;
+    for i in 0..3 {
+        p.send_text("/queue/range", &format!("m{i}"), Some(&format!("r{i}")))
+            .await;
+    }
+    let mut c = OwClient::connect(b.auto, 30_000).await;
+    c.register().await;
+    c.consume("range", 10).await;
+    let mut dispatched = Vec::new();
+    for _ in 0..3 {
+        dispatched.push(c.expect(schema::MESSAGE_DISPATCH).await);
+    }
+    let second = &dispatched[1];
+    let message_id = second.obj("message").unwrap().get("messageId").clone();
+    let ack = Struct::new(schema::MESSAGE_ACK)
+        .with("ackType", Value::Byte(2))
+        .with("consumerId", second.get("consumerId").clone())
+        .with("destination", second.get("destination").clone())
+        .with("firstMessageId", message_id.clone())
+        .with("lastMessageId", message_id)
+        .with("messageCount", Value::Int(1))
+        .with("responseRequired", Value::Bool(true));
+    let cid = c.send(ack).await;
+    assert_eq!(c.expect(schema::RESPONSE).await.int("correlationId"), cid);
+    drop(c);
+    let mut s = b.connect("1.2").await;
+    s.subscribe("s", "/queue/range", "auto", &[]).await;
+    let mut got = Vec::new();
+    while let Some(f) = s.recv_within(Duration::from_millis(500)).await {
+        got.push(String::from_utf8_lossy(&f.body).into_owned());
+    }
+    assert_eq!(got, ["m0", "m2"], "only m1 was acknowledged");
+}

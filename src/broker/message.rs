@@ -113,7 +113,7 @@ pub struct Message {
     extras: Option<Box<Extras>>,
     /// Which broker connection produced it (for `noLocal`).
     pub producer_connection: u64,
-    /// A JMS text message whose text is null (not empty).
+    /// A JMS text message whose text is null (not empty), or an object message without an object.
     pub null_body: bool,
     /// Its id in the persistent store; 0 when it is not stored.
     pub store_id: u64,

@@ -23,6 +23,9 @@ pub struct Transaction {
     pub ops: Vec<TxOp>,
     /// Bytes it holds (messages and acknowledgements), for its size limit.
     pub bytes: usize,
+    /// Why it may only roll back: a part of it the client did not wait
+    /// for failed.
+    pub rollback_only: Option<String>,
 }
 
 /// A transaction's sends and held acknowledgements, apart.

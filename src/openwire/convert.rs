@@ -179,11 +179,16 @@ pub fn message_from_parts(
     };
     let compressed = p.compressed;
     let content = p.content.clone();
-    let null_text = p.type_id == schema::ACTIVEMQ_TEXT_MESSAGE
-        && match &content {
+    // A text message whose text is null, or an object message without an
+    // object: the client tells them from empty ones by a null content.
+    let null_text = match p.type_id {
+        schema::ACTIVEMQ_TEXT_MESSAGE => match &content {
             None => true,
             Some(c) => !compressed && c.len() >= 4 && c[..4] == [0xFF; 4],
-        };
+        },
+        schema::ACTIVEMQ_OBJECT_MESSAGE => content.is_none(),
+        _ => false,
+    };
     let (body_kind, body) = match p.type_id {
         schema::ACTIVEMQ_TEXT_MESSAGE => {
             let raw = match content {
@@ -446,7 +451,7 @@ pub fn encode_delivery(
     let (group_id, group_seq, has_props) = marshal_properties(&m.properties, &mut props);
     let text;
     let content = match m.body_kind {
-        BodyKind::Text if m.null_body => None,
+        BodyKind::Text | BodyKind::Object if m.null_body => None,
         BodyKind::Text => {
             text = String::from_utf8_lossy(&m.body);
             Some(Content::Text(&text))
@@ -586,7 +591,7 @@ pub fn message_to_struct(
         f[msg::REPLY_TO] = memo.destination(r);
     }
     f[msg::CONTENT] = match m.body_kind {
-        BodyKind::Text if m.null_body => Value::Null,
+        BodyKind::Text | BodyKind::Object if m.null_body => Value::Null,
         BodyKind::Text => Value::Bytes(text_content(&m.body)),
         BodyKind::Empty => Value::Null,
         BodyKind::Map if m.body.is_empty() => Value::Null,

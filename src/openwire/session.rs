@@ -119,6 +119,18 @@ impl JmsError {
     }
 }
 
+/// What a commit (or prepare) of a transaction marked rollback-only gets:
+/// ActiveMQ's XAException, whose message carries its error code (the
+/// client reads it back for XA; a local transaction's commit throws a
+/// JMSException with this message).
+fn rolled_back(cause: &str) -> JmsError {
+    debug!(cause, "commit of a transaction marked rollback-only");
+    JmsError::new(
+        "javax.transaction.xa.XAException",
+        "COMMIT FAILED: Transaction marked rollback only xaErrorCode:100",
+    )
+}
+
 impl From<BrokerError> for JmsError {
     fn from(e: BrokerError) -> Self {
         let class = match &e {
@@ -561,6 +573,13 @@ impl Session {
             }
             schema::CONSUMER_INFO => self.on_consumer_info(&c).await,
             schema::PRODUCER_INFO => {
+                // A producer for a temporary destination that is gone is
+                // refused (ActiveMQ: DestinationDoesNotExistException).
+                if let Some(d) = c.obj("destination").and_then(destination_from) {
+                    if d.kind.is_temporary() {
+                        self.broker.resolve(&d)?;
+                    }
+                }
                 // Only producers with a window are remembered: they are sent
                 // a ProducerAck for each message.
                 let window = c.int("windowSize");
@@ -850,6 +869,27 @@ impl Session {
     }
 
     async fn on_message(&mut self, c: MessageParts) -> Result<Reply, JmsError> {
+        let tx = c.transaction_id.as_struct().map(tx_key);
+        let asynchronous = !c.response_required;
+        let result = self.take_message(c).await;
+        if let (Err(e), Some(tx), true) = (&result, tx, asynchronous) {
+            self.rollback_only(&tx, e);
+        }
+        result
+    }
+
+    /// A transacted command the client did not wait for failed: its
+    /// transaction may only roll back (ActiveMQ's
+    /// rollbackOnlyOnAsyncException), or its commit would silently leave
+    /// that command out.
+    fn rollback_only(&mut self, tx: &str, e: &JmsError) {
+        if let Some(t) = self.txs.get_mut(tx) {
+            t.rollback_only
+                .get_or_insert_with(|| format!("{}: {}", e.class, e.message));
+        }
+    }
+
+    async fn take_message(&mut self, c: MessageParts) -> Result<Reply, JmsError> {
         let message = convert::message_from_parts(&c, self.connection, &mut self.producer_memo)
             .map_err(|e| JmsError::jms(e.0))?;
         let target = self.target(&message.destination)?;
@@ -949,6 +989,18 @@ impl Session {
     }
 
     fn on_ack(&mut self, c: &AckFrame) -> Result<Reply, JmsError> {
+        let result = self.take_ack(c);
+        if let (Err(e), Some(tx), false) = (
+            &result,
+            c.transaction_id.as_struct().map(tx_key),
+            c.response_required,
+        ) {
+            self.rollback_only(&tx, e);
+        }
+        result
+    }
+
+    fn take_ack(&mut self, c: &AckFrame) -> Result<Reply, JmsError> {
         let Some(key) = self.consumer_memo.get(&c.consumer_id) else {
             return Ok(Reply::Done);
         };
@@ -976,10 +1028,14 @@ impl Session {
             }
             ack_type::STANDARD | ack_type::INDIVIDUAL => {
                 entry.delivered_upto = entry.delivered_upto.max(last);
-                let from = if c.ack_type == ack_type::STANDARD {
-                    0
-                } else {
-                    last
+                // A standard ack covers its range (from the first delivery
+                // without one), as ActiveMQ's PrefetchSubscription: a message
+                // the client holds back for redelivery (nonBlockingRedelivery)
+                // stays with it.
+                let from = match (c.ack_type, &c.first) {
+                    (ack_type::INDIVIDUAL, _) => last,
+                    (_, Some(_)) => first,
+                    (_, None) => 0,
                 };
                 match tx {
                     Some(tx) => {
@@ -1026,8 +1082,12 @@ impl Session {
                     .poison_between(consumer, first, last, cause)
                     .map(|_| ())
             }
-            ack_type::UNMATCHED | ack_type::EXPIRED => queue
+            ack_type::UNMATCHED => queue
                 .ack_between(consumer, first, last, AckAction::Consume)
+                .map(|_| ()),
+            // As ActiveMQ's PrefetchSubscription: an expired ack dead-letters.
+            ack_type::EXPIRED => queue
+                .ack_between(consumer, first, last, AckAction::Expire)
                 .map(|_| ()),
             other => {
                 debug!(ack_type = other, "unknown ack type ignored");
@@ -1215,6 +1275,11 @@ impl Session {
             }
             tx_type::COMMIT_ONE_PHASE | tx_type::COMMIT_TWO_PHASE => {
                 let t = self.txs.remove(&key).ok_or_else(|| missing(&key))?;
+                if let Some(cause) = &t.rollback_only {
+                    let e = rolled_back(cause);
+                    t.rollback();
+                    return Err(e);
+                }
                 let full = self.broker.commit(t).await.map_err(|e| {
                     JmsError::new("javax.jms.TransactionRolledBackException", e.to_string())
                 })?;
@@ -1229,8 +1294,15 @@ impl Session {
                 Ok(Reply::Done)
             }
             tx_type::PREPARE => {
-                if !self.txs.contains_key(&key) {
-                    return Err(missing(&key));
+                match self.txs.get(&key) {
+                    None => return Err(missing(&key)),
+                    Some(t) if t.rollback_only.is_some() => {
+                        let t = self.txs.remove(&key).expect("just found");
+                        let e = rolled_back(t.rollback_only.as_deref().unwrap_or_default());
+                        t.rollback();
+                        return Err(e);
+                    }
+                    Some(_) => {}
                 }
                 Ok(Reply::With(
                     Struct::new(schema::INTEGER_RESPONSE).with("result", Value::Int(0)),

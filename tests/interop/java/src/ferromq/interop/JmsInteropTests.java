@@ -183,6 +183,9 @@ public final class JmsInteropTests {
         test("deliveryModesPreserved", JmsInteropTests::deliveryModesPreserved);
         test("priorityPreserved", JmsInteropTests::priorityPreserved);
         test("expiredMessageNotDelivered", JmsInteropTests::expiredMessageNotDelivered);
+        test("expiredInThePrefetchGoesToTheDlq", JmsInteropTests::expiredInThePrefetchGoesToTheDlq);
+        test("producerForADeletedTemporaryQueue", JmsInteropTests::producerForADeletedTemporaryQueue);
+        test("failedAsyncSendMakesTheCommitFail", JmsInteropTests::failedAsyncSendMakesTheCommitFail);
         test("jmsHeadersPreserved", JmsInteropTests::jmsHeadersPreserved);
         // cross-protocol (STOMP)
         test("stompTextToJms", JmsInteropTests::stompTextToJms);
@@ -773,6 +776,10 @@ public final class JmsInteropTests {
         check(got instanceof ObjectMessage, "expected an ObjectMessage, got " + got.getClass().getName());
         eq(payload, ((ObjectMessage) got).getObject(), "object");
         checkTypedProperties(got);
+        // Without an object: null comes back, not a failure to deserialize.
+        Message none = roundTrip(s -> s.createObjectMessage());
+        check(none instanceof ObjectMessage, "expected an ObjectMessage, got " + none.getClass().getName());
+        eq(null, ((ObjectMessage) none).getObject(), "no object");
     }
 
     static void streamMessageRoundTrip() throws Exception {
@@ -2333,6 +2340,83 @@ public final class JmsInteropTests {
             eq(m.getJMSMessageID(), f.header("message-id"), "message-id");
         } finally {
             quietClose(c, stomp);
+        }
+    }
+
+    /**
+     * A persistent message that expires in the consumer's prefetch buffer is not delivered: the
+     * client sends an EXPIRED ack, and the broker moves it to ActiveMQ.DLQ (as ActiveMQ does).
+     */
+    static void expiredInThePrefetchGoesToTheDlq() throws Exception {
+        String q = uniq("queue-test");
+        Connection c = started(connect());
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer mc = s.createConsumer(s.createQueue(q));
+            MessageProducer p = s.createProducer(s.createQueue(q));
+            p.setDeliveryMode(DeliveryMode.PERSISTENT);
+            p.setTimeToLive(400);
+            TextMessage m = s.createTextMessage("short-lived");
+            p.send(m);
+            String id = m.getJMSMessageID();
+            Thread.sleep(1000); // it waits in the consumer's prefetch, and expires there
+            eq(null, mc.receive(500), "an expired message is not delivered");
+            MessageConsumer dlq = s.createConsumer(s.createQueue("ActiveMQ.DLQ"), "JMSMessageID = '" + id + "'");
+            Message dead = recv(dlq, 5000, "the expired message on ActiveMQ.DLQ");
+            eq("short-lived", text(dead), "its body");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /**
+     * A producer for a temporary queue that was deleted is refused when it is created (the client
+     * asks the broker: it does not watch advisories here), with ActiveMQ's
+     * DestinationDoesNotExistException.
+     */
+    static void producerForADeletedTemporaryQueue() throws Exception {
+        Connection c = started(connect());
+        Connection blind = started(connect("jms.watchTopicAdvisories=false"));
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            TemporaryQueue temp = s.createTemporaryQueue();
+            temp.delete();
+            Session bs = blind.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            JMSException e = expectThrows(JMSException.class, "a producer for a deleted temporary queue",
+                    () -> bs.createProducer(temp));
+            eq("org.apache.activemq.DestinationDoesNotExistException", e.getClass().getName(), "exception class");
+        } finally {
+            quietClose(c, blind);
+        }
+    }
+
+    /**
+     * A transacted send the client does not wait for (the default in a transacted session) that the
+     * broker refuses marks the transaction rollback-only: the commit fails ("COMMIT FAILED:
+     * Transaction marked rollback only", as ActiveMQ's rollbackOnlyOnAsyncException has it) and
+     * nothing of it happens.
+     */
+    static void failedAsyncSendMakesTheCommitFail() throws Exception {
+        String q = uniq("queue-test");
+        Connection c = started(connect());
+        // It does not watch advisories: the client does not refuse the send itself.
+        Connection blind = started(connect("jms.watchTopicAdvisories=false"));
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            TemporaryQueue temp = s.createTemporaryQueue();
+            temp.delete();
+            Session ts = blind.createSession(true, Session.SESSION_TRANSACTED);
+            MessageProducer p = ts.createProducer(null);
+            p.send(ts.createQueue(q), ts.createTextMessage("kept only if the commit works"));
+            p.send(temp, ts.createTextMessage("to a deleted temporary queue"));
+            JMSException e = expectThrows(JMSException.class, "commit of a transaction with a failed send",
+                    ts::commit);
+            check(e.getMessage() != null && e.getMessage().startsWith("COMMIT FAILED: Transaction marked rollback only"),
+                    "message: " + e.getMessage());
+            MessageConsumer mc = s.createConsumer(s.createQueue(q));
+            eq(null, mc.receive(500), "nothing of the transaction was sent");
+        } finally {
+            quietClose(c, blind);
         }
     }
 
