@@ -266,6 +266,8 @@ struct Session {
     /// Responses to synchronous sends waiting for room (aborted with the
     /// connection).
     parked: tokio::task::JoinSet<()>,
+    /// ProducerAcks waiting for room, the same way.
+    parked_acks: tokio::task::JoinSet<()>,
     /// Producers with a window: (session, window size), by id.
     producers: HashMap<String, (i64, i32)>,
     txs: HashMap<String, Transaction>,
@@ -326,6 +328,7 @@ pub async fn serve(
         producers: HashMap::new(),
         temps: 0,
         parked: tokio::task::JoinSet::new(),
+        parked_acks: tokio::task::JoinSet::new(),
         txs: HashMap::new(),
         targets: HashMap::new(),
         shutdown_requested: false,
@@ -941,8 +944,27 @@ impl Session {
             });
             return Ok(Reply::Sent);
         }
+        if let (false, Some(ack)) = (full.is_empty(), self.producer_ack_for(&c)) {
+            // A producer with a window: its ProducerAck waits for room (its
+            // window stops it), not the connection's reading, as ActiveMQ
+            // parks its message: the connection's own consumers may be what
+            // makes room. Bounded: past MAX_PARKED_ACKS, reading waits.
+            while self.parked_acks.try_join_next().is_some() {}
+            while self.parked_acks.len() >= MAX_PARKED_ACKS {
+                self.parked_acks.join_next().await;
+            }
+            let control = self.control.clone();
+            self.parked_acks.spawn(async move {
+                for q in full {
+                    q.wait_for_space().await;
+                }
+                let _ = control.send(Ctl::Frame(ack)).await;
+            });
+            return Ok(Reply::Done);
+        }
         for q in full {
-            // An asynchronous send: stop reading this producer until there is room.
+            // An asynchronous send without a window: stop reading this
+            // connection until there is room (as ActiveMQ blocks its transport).
             q.wait_for_space().await;
         }
         self.producer_ack(&c).await;
@@ -954,22 +976,30 @@ impl Session {
     /// against its window for it: ActiveMQ's `Message.getSize()` (1024, plus
     /// the marshalled properties and content), never less.
     async fn producer_ack(&mut self, c: &MessageParts) {
+        if let Some(ack) = self.producer_ack_for(c) {
+            self.send(ack).await;
+        }
+    }
+
+    /// The ProducerAck an asynchronous send gets, if its producer has a window.
+    fn producer_ack_for(&mut self, c: &MessageParts) -> Option<Struct> {
         if c.response_required {
-            return;
+            return None;
         }
         let windowed = match self.producer_memo.get(&c.producer_id) {
             Some(id) => self.producers.contains_key(&*id),
             None => false,
         };
         let (true, Some(pid)) = (windowed, c.producer_id.as_struct()) else {
-            return;
+            return None;
         };
         let wire_len = |v: &Option<bytes::Bytes>| v.as_ref().map_or(0, bytes::Bytes::len);
         let size = 1024 + wire_len(&c.content) + wire_len(&c.properties);
-        let ack = Struct::new(schema::PRODUCER_ACK)
-            .with("producerId", Value::obj(pid.clone()))
-            .with("size", Value::Int(size.min(i32::MAX as usize) as i32));
-        self.send(ack).await;
+        Some(
+            Struct::new(schema::PRODUCER_ACK)
+                .with("producerId", Value::obj(pid.clone()))
+                .with("size", Value::Int(size.min(i32::MAX as usize) as i32)),
+        )
     }
 
     /// A MessageAck from the fast decoder: as [`Session::on_command`] does
@@ -1381,6 +1411,7 @@ impl Session {
         self.release(dropped);
         self.outbox.close();
         self.parked.abort_all();
+        self.parked_acks.abort_all();
     }
 }
 
@@ -1455,6 +1486,9 @@ const MAX_SESSIONS: usize = 10_000;
 const MAX_TEMPS: usize = 1024;
 /// Synchronous sends whose Response waits for room, per connection.
 const MAX_PARKED: usize = 1024;
+/// ProducerAcks of windowed producers waiting for room at a time, per
+/// connection (a 1 MiB window of 1 KiB messages is a thousand of them).
+const MAX_PARKED_ACKS: usize = 4096;
 
 /// The writer task: sends our WireFormatInfo at once, then every frame the
 /// session queues and every delivery the core dispatches.

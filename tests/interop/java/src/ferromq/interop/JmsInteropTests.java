@@ -179,6 +179,8 @@ public final class JmsInteropTests {
         test("consumerAdvisory", JmsInteropTests::consumerAdvisory);
         // large messages
         test("largeBytesMessage5MiB", 60_000, JmsInteropTests::largeBytesMessage5MiB);
+        test("windowedProducerOverAFullQueueKeepsItsConnectionServed", 60_000,
+                JmsInteropTests::windowedProducerOverAFullQueueKeepsItsConnectionServed);
         // headers
         test("deliveryModesPreserved", JmsInteropTests::deliveryModesPreserved);
         test("priorityPreserved", JmsInteropTests::priorityPreserved);
@@ -1460,6 +1462,52 @@ public final class JmsInteropTests {
             }
         } finally {
             quietClose(pc, cc);
+        }
+    }
+
+    /**
+     * A producer with a window fills a queue past its memory limit (ferromq: 64 MiB) with nobody
+     * consuming: its ProducerAcks wait, so its window stops it, but its connection is still served: a consumer
+     * created on the same connection (its ConsumerInfo and acks travel on it) drains the queue, and
+     * the producer finishes (ActiveMQ parks the message; blocking the connection would deadlock).
+     */
+    static void windowedProducerOverAFullQueueKeepsItsConnectionServed() throws Exception {
+        String q = uniq("queue-window-full");
+        int count = 90;
+        Connection c = started(connect("jms.producerWindowSize=1048576"));
+        try {
+            Session ps = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = ps.createProducer(ps.createQueue(q));
+            p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+            byte[] body = new byte[1024 * 1024];
+            java.util.concurrent.atomic.AtomicReference<Exception> failed = new java.util.concurrent.atomic.AtomicReference<>();
+            Thread producer = new Thread(() -> {
+                try {
+                    for (int i = 0; i < count; i++) {
+                        BytesMessage m = ps.createBytesMessage();
+                        m.writeBytes(body);
+                        m.setIntProperty("n", i);
+                        p.send(m);
+                    }
+                } catch (Exception e) {
+                    failed.set(e);
+                }
+            });
+            producer.start();
+            // ferromq: the queue is full by now and the producer waits for its window (ActiveMQ
+            // spools non-persistent messages to its temporary store instead).
+            Thread.sleep(2000);
+            log("producer still waiting after 2 s: " + producer.isAlive());
+            Session cs = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer mc = cs.createConsumer(cs.createQueue(q));
+            for (int i = 0; i < count; i++) {
+                eq(i, recv(mc, 10_000, "message " + i).getIntProperty("n"), "order");
+            }
+            producer.join(10_000);
+            check(!producer.isAlive(), "the producer finished");
+            eq(null, failed.get(), "producer error");
+        } finally {
+            quietClose(c);
         }
     }
 
