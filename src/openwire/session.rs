@@ -872,10 +872,13 @@ impl Session {
     }
 
     async fn on_message(&mut self, c: MessageParts) -> Result<Reply, JmsError> {
-        let tx = c.transaction_id.as_struct().map(tx_key);
-        let asynchronous = !c.response_required;
+        // (The transaction's key only for a transacted send the client does not wait for.)
+        let tx = match c.response_required {
+            false => c.transaction_id.as_struct().map(tx_key),
+            true => None,
+        };
         let result = self.take_message(c).await;
-        if let (Err(e), Some(tx), true) = (&result, tx, asynchronous) {
+        if let (Err(e), Some(tx)) = (&result, tx) {
             self.rollback_only(&tx, e);
         }
         result
@@ -1020,12 +1023,10 @@ impl Session {
 
     fn on_ack(&mut self, c: &AckFrame) -> Result<Reply, JmsError> {
         let result = self.take_ack(c);
-        if let (Err(e), Some(tx), false) = (
-            &result,
-            c.transaction_id.as_struct().map(tx_key),
-            c.response_required,
-        ) {
-            self.rollback_only(&tx, e);
+        if let (Err(e), false) = (&result, c.response_required) {
+            if let Some(tx) = c.transaction_id.as_struct().map(tx_key) {
+                self.rollback_only(&tx, e);
+            }
         }
         result
     }

@@ -513,15 +513,10 @@ impl Session {
             let d = self.destination(element)?;
             match &first {
                 None => joined.push_str(&d.name),
+                // `,queue://b`: Destination's display is its qualified name.
                 Some(_) => {
-                    joined.push(',');
-                    joined.push_str(match d.kind {
-                        DestinationKind::Queue => "queue://",
-                        DestinationKind::Topic => "topic://",
-                        DestinationKind::TempQueue => "temp-queue://",
-                        DestinationKind::TempTopic => "temp-topic://",
-                    });
-                    joined.push_str(&d.name);
+                    use std::fmt::Write as _;
+                    let _ = write!(joined, ",{d}");
                 }
             }
             first.get_or_insert(d);
