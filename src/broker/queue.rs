@@ -476,7 +476,7 @@ impl Queue {
         range: impl FnOnce(&ConsumerSlot) -> Result<std::ops::Range<usize>, AckError>,
     ) -> Result<Vec<u64>, AckError> {
         let mut freed = 0;
-        let mut poisoned = Vec::new();
+        let mut dead_lettered = Vec::new();
         let mut forgotten = Vec::new();
         let dead_cause = match action {
             AckAction::Poison => Some(DeadCause::Poison(cause)),
@@ -510,7 +510,7 @@ impl Queue {
                         }
                         freed += f.entry.message.memory_size();
                         if dead_cause.is_some() && self.dead_letters {
-                            poisoned.push(f.entry.message);
+                            dead_lettered.push(f.entry.message);
                         } else {
                             self.forget(&f.entry.message, &mut forgotten);
                         }
@@ -524,7 +524,7 @@ impl Queue {
             (covered, self.dispatch(&mut st))
         };
         if let Some(cause) = dead_cause {
-            dead.extend(poisoned.into_iter().map(|m| (m, cause.clone())));
+            dead.extend(dead_lettered.into_iter().map(|m| (m, cause.clone())));
         }
         self.finish(dead, forgotten);
         Ok(covered)
@@ -785,20 +785,27 @@ impl Queue {
     /// does not fill up with them). Returns how many.
     pub fn expire_pending(&self) -> usize {
         let now = now_millis();
-        let mut dead = Vec::new();
+        let mut dead: Vec<(Arc<Message>, DeadCause)> = Vec::new();
         {
             let mut st = self.lock();
-            let mut i = 0;
-            while i < st.pending.len() {
-                if st.pending[i].message.is_expired(now) {
-                    self.take_expired(&mut st, i, &mut dead);
-                    if i < st.unselected {
-                        st.unselected -= 1;
-                    }
-                } else {
-                    i += 1;
+            // One pass (removing one by one would be quadratic in a backlog).
+            let (unselected, mut index, mut before_unselected, mut freed) =
+                (st.unselected, 0, 0, 0);
+            st.pending.retain(|e| {
+                let expired = e.message.is_expired(now);
+                if expired {
+                    before_unselected += usize::from(index < unselected);
+                    freed += e.message.memory_size();
+                    dead.push((e.message.clone(), DeadCause::Expired));
                 }
-            }
+                index += 1;
+                !expired
+            });
+            st.unselected -= before_unselected;
+            self.stats
+                .expired
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            self.release(freed);
         }
         let n = dead.len();
         if n > 0 {
