@@ -1006,3 +1006,32 @@ async fn a_composite_send_reaches_each_element_and_is_stored() {
     // No queue is named after the composite's other parts.
     assert!(b.broker.find_queue("/queue/cb").is_none());
 }
+
+/// A durable SUBSCRIBE that cannot be made durable gets an ERROR and leaves
+/// nothing attached: once the disk is back, subscribing again works.
+#[tokio::test]
+async fn a_durable_subscription_that_cannot_be_confirmed_is_not_left_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = None;
+    let b = TestBroker::start_in(dir.path(), |c| faults = Some(c.store_faults.clone())).await;
+    let faults = faults.unwrap();
+    let mut c = Client::connect(b.stomp, "1.2", &[("client-id", "c2")]).await;
+    let durable = |id: &str, receipt: &str| {
+        frame(
+            Command::Subscribe,
+            &[
+                ("id", id),
+                ("destination", "/topic/t2"),
+                ("activemq.subscriptionName", "s"),
+                ("receipt", receipt),
+            ],
+        )
+    };
+    faults.fail_syncs.store(true, Ordering::Relaxed);
+    c.send(&durable("a", "r1")).await;
+    let e = c.expect_error().await;
+    assert_eq!(e.header("receipt-id").unwrap(), "r1");
+    faults.fail_syncs.store(false, Ordering::Relaxed);
+    c.send(&durable("b", "r2")).await;
+    c.expect_receipt("r2").await;
+}

@@ -1032,6 +1032,8 @@ impl Broker {
                     // stored: the original is delivered again after a restart.
                     tracing::warn!(error = %e, "a dead-letter copy could not be stored");
                     q.withdraw(id);
+                    // Page-in may have stopped at it: what is behind goes on.
+                    q.kick();
                 }
             }
         });

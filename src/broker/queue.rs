@@ -779,7 +779,6 @@ impl Queue {
         }
     }
 
-    /// Takes an expired pending message out, to be routed once the lock is released.
     /// Takes out the expired messages waiting in memory, whether or not
     /// anyone consumes (ActiveMQ's periodic expiry: a queue nobody reads
     /// does not fill up with them). Returns how many.
@@ -814,6 +813,7 @@ impl Queue {
         n
     }
 
+    /// Takes an expired pending message out, to be routed once the lock is released.
     fn take_expired(
         &self,
         st: &mut QueueState,

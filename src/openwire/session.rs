@@ -799,7 +799,7 @@ impl Session {
         let sub = self.broker.subscribe(&destination, spec, durable)?;
         let queue = sub.queue.clone();
         self.consumers.insert(
-            key,
+            key.clone(),
             ConsumerEntry {
                 ctx,
                 sub: Some(sub),
@@ -810,7 +810,14 @@ impl Session {
             },
         );
         if durable.is_some() {
-            self.durable_first().await?;
+            if let Err(e) = self.durable_first().await {
+                // Not confirmed: not attached either (a retry must not find
+                // the subscription in use).
+                if let Some(entry) = self.consumers.remove(&key) {
+                    self.end_consumer(entry, Reported::Nothing, false);
+                }
+                return Err(e);
+            }
         }
         // The Response first, then messages.
         self.respond(c).await;
@@ -872,14 +879,11 @@ impl Session {
     }
 
     async fn on_message(&mut self, c: MessageParts) -> Result<Reply, JmsError> {
-        // (The transaction's key only for a transacted send the client does not wait for.)
-        let tx = match c.response_required {
-            false => c.transaction_id.as_struct().map(tx_key),
-            true => None,
-        };
-        let result = self.take_message(c).await;
-        if let (Err(e), Some(tx)) = (&result, tx) {
-            self.rollback_only(&tx, e);
+        let tx = c.transaction_id.as_struct().map(tx_key);
+        let asynchronous = !c.response_required;
+        let result = self.take_message(c, tx.as_deref()).await;
+        if let (Err(e), Some(tx), true) = (&result, &tx, asynchronous) {
+            self.rollback_only(tx, e);
         }
         result
     }
@@ -895,14 +899,14 @@ impl Session {
         }
     }
 
-    async fn take_message(&mut self, c: MessageParts) -> Result<Reply, JmsError> {
+    /// A message sent (`tx`: the key of its transaction, if any).
+    async fn take_message(&mut self, c: MessageParts, tx: Option<&str>) -> Result<Reply, JmsError> {
         let message = convert::message_from_parts(&c, self.connection, &mut self.producer_memo)
             .map_err(|e| JmsError::jms(e.0))?;
         let target = self.target(&message.destination)?;
-        if let Some(tx) = c.transaction_id.as_struct() {
-            let key = tx_key(tx);
+        if let Some(key) = tx {
             let limit = self.settings.max_transaction_bytes;
-            let t = self.txs.get_mut(&key).ok_or_else(|| {
+            let t = self.txs.get_mut(key).ok_or_else(|| {
                 JmsError::new(
                     "javax.jms.IllegalStateException",
                     format!("Transaction '{key}' has not been started."),
@@ -947,7 +951,8 @@ impl Session {
             });
             return Ok(Reply::Sent);
         }
-        if let (false, Some(ack)) = (full.is_empty(), self.producer_ack_for(&c)) {
+        let mut ack = self.producer_ack_for(&c);
+        if let Some(ack) = ack.take_if(|_| !full.is_empty()) {
             // A producer with a window: its ProducerAck waits for room (its
             // window stops it), not the connection's reading, as ActiveMQ
             // parks its message: the connection's own consumers may be what
@@ -970,7 +975,9 @@ impl Session {
             // connection until there is room (as ActiveMQ blocks its transport).
             q.wait_for_space().await;
         }
-        self.producer_ack(&c).await;
+        if let Some(ack) = ack {
+            self.send(ack).await;
+        }
         Ok(Reply::Done)
     }
 

@@ -700,7 +700,7 @@ impl Session {
         let queue = sub.queue.clone();
         let _ = ctx.queue.set(queue.clone());
         self.subs.insert(
-            stomp_id,
+            stomp_id.clone(),
             SubEntry {
                 ctx,
                 sub,
@@ -709,8 +709,12 @@ impl Session {
         );
         if let Some(r) = frame.header("receipt") {
             if durable_name.is_some() {
-                // A confirmed durable subscription survives a crash.
+                // A confirmed durable subscription survives a crash; one
+                // that cannot be confirmed is not left attached either.
                 if let Err(e) = self.broker.sync().await {
+                    if let Some(entry) = self.subs.remove(&stomp_id) {
+                        self.end_subscription(entry);
+                    }
                     self.send_error(&e.to_string(), Some(r)).await;
                     return Ok(());
                 }

@@ -203,6 +203,12 @@ impl Journal {
                 max: self.max_record,
             });
         }
+        self.append_copy(kind, payload)
+    }
+
+    /// As [`Journal::append`], for a record the journal already holds (a
+    /// compaction's copy): today's size limit does not apply to it.
+    pub fn append_copy(&mut self, kind: u8, payload: &[u8]) -> Result<Location, JournalError> {
         let pending = self.head_len + self.buf.len() as u64;
         let size = (RECORD_HEADER_LEN + payload.len()) as u64;
         if pending > HEADER_LEN && pending + size > self.segment_size {
@@ -281,6 +287,11 @@ impl Journal {
     /// Whether the record at `at` is durable.
     pub fn is_durable(&self, at: Location) -> bool {
         at < self.synced
+    }
+
+    /// Whether everything before `at` is durable.
+    pub fn is_durable_before(&self, at: Location) -> bool {
+        at <= self.synced
     }
 
     /// Undoes what was appended since `mark` (a failed batch), except what

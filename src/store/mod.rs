@@ -961,7 +961,11 @@ impl Replay {
         if index.messages.is_empty() {
             // Most records of a long journal are Adds, and segments hold
             // about as many records each: no rehashing on the way.
-            index.messages.reserve(records.len() * segments);
+            // (Capped: the first segment may hold far smaller records than
+            // the rest.)
+            index
+                .messages
+                .reserve((records.len() * segments).min(1 << 20));
         }
         for r in records {
             let replayed = match replay_record(r.kind, &r.payload, names) {
@@ -1085,6 +1089,9 @@ struct Writer {
     /// them, so they are written first in the next batch, retried until
     /// they are (anything awaited behind them fails meanwhile).
     retry: Vec<Submission>,
+    /// When the last batch failed (while the disk keeps failing, batches
+    /// are tried at most every RETRY_DELAY: each rewrites the retried ones).
+    failed_at: Option<Instant>,
 }
 
 /// How soon failed records nobody waits for are tried again when nothing
@@ -1156,6 +1163,7 @@ impl Writer {
             last_sync: Instant::now(),
             dirty: false,
             retry: Vec::new(),
+            failed_at: None,
         }
     }
 
@@ -1220,6 +1228,13 @@ impl Writer {
                 (batch, p.closed)
             };
             if !batch.is_empty() || (closed && !self.retry.is_empty()) {
+                if let Some(wait) = self
+                    .failed_at
+                    .and_then(|t| RETRY_DELAY.checked_sub(t.elapsed()))
+                    .filter(|_| !closed)
+                {
+                    std::thread::sleep(wait);
+                }
                 self.write_batch(batch);
             }
             if closed {
@@ -1394,16 +1409,20 @@ impl Writer {
         // is on disk: its producers are told so, the index has it); the rest
         // of the batch is undone, and counts from the first record lost on.
         let mut lost_from = batch.len();
+        self.failed_at = failure.as_ref().map(|_| Instant::now());
         if let Some(e) = &failure {
             warn!(error = %e, "journal batch failed");
             if let Err(e) = self.journal.undo_to(mark) {
                 error!(error = %e, "journal: a failed batch could not be undone");
             }
+            // A submission without records (a barrier: everything before
+            // it is durable) stands only if what came before the batch is.
+            let before_ok = self.journal.is_durable_before(mark);
             lost_from = (0..batch.len())
-                .find(|&i| {
-                    refused[i].is_none()
-                        && !batch[i].ops.is_empty()
-                        && !at[i].is_some_and(|a| self.journal.is_durable(a))
+                .find(|&i| match (&refused[i], batch[i].ops.is_empty()) {
+                    (Some(_), _) => false,
+                    (None, true) => !before_ok,
+                    (None, false) => !at[i].is_some_and(|a| self.journal.is_durable(a)),
                 })
                 .unwrap_or(batch.len());
         }
@@ -1482,8 +1501,13 @@ impl Writer {
                 if self.journal.segments().len() > self.config.compact_after_segments
                     && live * 4 <= records
                 {
+                    let mark = self.journal.mark();
                     if let Err(e) = self.compact(index, oldest) {
                         warn!(segment = oldest, error = %e, "journal compaction failed");
+                        // Its copies are not indexed: none stays behind.
+                        if let Err(e) = self.journal.undo_to(mark) {
+                            error!(error = %e, "journal: a failed compaction could not be undone");
+                        }
                         break;
                     }
                     continue;
@@ -1574,7 +1598,7 @@ impl Writer {
             };
             scratch.clear();
             let k = encode_op(&op, &mut scratch);
-            let new_at = self.journal.append(k, &scratch)?;
+            let new_at = self.journal.append_copy(k, &scratch)?;
             copied.push((op, new_at));
         }
         for sub in subs {
@@ -1587,7 +1611,7 @@ impl Writer {
                 if matches!(op, Op::SubAdd { sub: s, .. } if s == sub) {
                     scratch.clear();
                     let k = encode_op(&op, &mut scratch);
-                    let new_at = self.journal.append(k, &scratch)?;
+                    let new_at = self.journal.append_copy(k, &scratch)?;
                     copied.push((op, new_at));
                 }
             }

@@ -404,6 +404,46 @@ fn consumed_segments_are_deleted_and_compaction_keeps_exactly_the_live_records()
     assert_eq!(r.messages[0].2.store_id, keep);
 }
 
+/// A record written under a larger size limit than today's is still copied
+/// forward by compaction (it is not refused as a new record would be), so
+/// the segments behind it are still reclaimed.
+#[test]
+fn compaction_copies_a_record_over_a_lowered_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let big = "b".repeat(5000);
+    let keep = rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        let first = add(&store, &q, &big, vec![]);
+        let keep = add_id(&first);
+        store.write(vec![first]).await.unwrap();
+        store.close();
+        keep
+    });
+    let mut lowered = config(dir.path());
+    lowered.max_record = 3000;
+    let body = "x".repeat(2000);
+    rt().block_on(async {
+        let (store, _) = Store::open(lowered.clone()).unwrap();
+        for _ in 0..300 {
+            let op = add(&store, &q, &body, vec![]);
+            let id = add_id(&op);
+            store.write(vec![op]).await.unwrap();
+            store.write(vec![Op::Remove { id }]).await.unwrap();
+        }
+        assert!(store.stats().compactions.load(Ordering::Relaxed) > 0);
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(
+            segments <= 6,
+            "{segments} segments: old ones must be deleted"
+        );
+        store.close();
+    });
+    let (_, r) = load_with(lowered);
+    assert_eq!(bodies(&r), [big]);
+    assert_eq!(r.messages[0].2.store_id, keep);
+}
+
 #[test]
 fn a_million_small_messages_recover_quickly() {
     // Scaled down for the unit test; the README's figure comes from the
