@@ -311,6 +311,16 @@ impl Session {
             };
             let receipt = frame.header("receipt").cloned();
             let command = frame.command.clone();
+            // A receipted acknowledgement, or removal of a durable
+            // subscription, is durable before its receipt.
+            let durable_first = match command {
+                Command::Ack | Command::Nack => true,
+                Command::Unsubscribe => frame
+                    .header("activemq.subscriptionName")
+                    .or_else(|| frame.header("durable-subscription-name"))
+                    .is_some(),
+                _ => false,
+            };
             if command == Command::Disconnect && !self.connected {
                 // ActiveMQ ignores a DISCONNECT before CONNECT altogether.
                 continue;
@@ -328,9 +338,7 @@ impl Session {
                         Command::Connect | Command::Stomp | Command::Subscribe
                     );
                     if let (Some(r), false) = (&receipt, answered) {
-                        if matches!(command, Command::Ack | Command::Nack | Command::Unsubscribe) {
-                            // A receipted acknowledgement (or removal of a
-                            // durable subscription) is durable first.
+                        if durable_first {
                             if let Err(e) = self.broker.sync().await {
                                 self.send_error(&e.to_string(), Some(r)).await;
                                 continue;
