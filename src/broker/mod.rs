@@ -102,7 +102,7 @@ impl Target {
                 }
             }
             Target::Topic(t) => t.publish(&message),
-            Target::Many(_) => each_element(self, (*message).clone())
+            Target::Many(_) => each_element(self, Arc::unwrap_or_clone(message))
                 .into_iter()
                 .flat_map(|(t, m)| t.send(Arc::new(m)))
                 .collect(),
