@@ -44,11 +44,11 @@ rust_passed=$(grep -Eo 'test result: [a-z]+\. [0-9]+ passed' /tmp/ferromq-cargo-
 
 log "interoperability suites against the release broker"
 data=$(mktemp -d)
-read -r stomp_port auto_port < <(python3 - <<'PY'
+read -r stomp_port auto_port secure_stomp_port secure_auto_port < <(python3 - <<'PY'
 import socket
 ports = []
 socks = []
-for _ in range(2):
+for _ in range(4):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s); ports.append(s.getsockname()[1])
 print(*ports)
 PY
@@ -57,16 +57,25 @@ PY
     --stomp-addr "127.0.0.1:$stomp_port" --auto-addr "127.0.0.1:$auto_port" \
     >"$data/broker.log" 2>&1 &
 broker=$!
+# The security tests' broker: users and authorization of tests/interop/secure.toml.
+mkdir "$data/secure"
+./target/release/ferromq --config tests/interop/secure.toml --data-dir "$data/secure" \
+    --stomp-addr "127.0.0.1:$secure_stomp_port" --auto-addr "127.0.0.1:$secure_auto_port" \
+    >"$data/secure-broker.log" 2>&1 &
+secure_broker=$!
 cleanup() {
-    kill "$broker" 2>/dev/null || true
-    wait "$broker" 2>/dev/null || true
+    kill "$broker" "$secure_broker" 2>/dev/null || true
+    wait "$broker" "$secure_broker" 2>/dev/null || true
     rm -rf "$data"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $stomp_port), 0.2)" 2>/dev/null && break
-    sleep 0.1
+for port in "$stomp_port" "$secure_stomp_port"; do
+    for _ in $(seq 100); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
+        sleep 0.1
+    done
 done
+export SECURE_STOMP_PORT=$secure_stomp_port SECURE_BROKER_URL=tcp://127.0.0.1:$secure_auto_port
 
 failed=0
 STOMP_PORT=$stomp_port timeout 600 python3 -m pytest -q -p no:cacheprovider tests/interop/python \

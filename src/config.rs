@@ -3,6 +3,7 @@
 //! A key that is not known, or a value of the wrong type or out of range,
 //! stops start-up with a message naming it.
 
+use crate::broker::security::{EntrySpec, UserSpec};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub struct Config {
     pub openwire: OpenWireSection,
     pub store: StoreSection,
     pub limits: LimitsSection,
+    pub security: SecuritySection,
     /// Test hook: make the journal's writes or syncs fail.
     #[serde(skip)]
     pub store_faults: crate::store::journal::Faults,
@@ -153,6 +155,93 @@ pub struct LimitsSection {
     pub destination_memory_limit: usize,
     /// Bytes one open transaction may hold.
     pub max_transaction_size: usize,
+}
+
+/// Users and authorization (ActiveMQ's simpleAuthenticationPlugin and
+/// authorizationPlugin); see [`crate::broker::security`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Who may connect. None: anyone (no authentication).
+    pub users: Vec<UserSpec>,
+    /// With users: a connection giving no credentials at all connects as
+    /// `anonymous_user` in `anonymous_group` (ActiveMQ's anonymousAccessAllowed).
+    pub anonymous_access: bool,
+    pub anonymous_user: String,
+    pub anonymous_group: String,
+    /// Who may read, write and create where. None: everyone may do anything.
+    pub authorization: Vec<EntrySpec>,
+    /// Who may read, write and create temporary destinations (no `queue` or
+    /// `topic` key). Absent: anyone.
+    pub temp_destinations: Option<EntrySpec>,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        SecuritySection {
+            users: Vec::new(),
+            anonymous_access: false,
+            anonymous_user: "anonymous".into(),
+            anonymous_group: "anonymous".into(),
+            authorization: Vec::new(),
+            temp_destinations: None,
+        }
+    }
+}
+
+impl SecuritySection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let mut names = std::collections::HashSet::new();
+        for u in &self.users {
+            if u.name.trim().is_empty() {
+                return invalid("security.users", "a user without a name".into());
+            }
+            if !names.insert(u.name.as_str()) {
+                return invalid(
+                    "security.users",
+                    format!("user {:?} is listed twice", u.name),
+                );
+            }
+        }
+        for e in &self.authorization {
+            match (&e.queue, &e.topic) {
+                (Some(p), None) | (None, Some(p)) if !p.trim().is_empty() => {}
+                _ => {
+                    return invalid(
+                        "security.authorization",
+                        format!("an entry needs exactly one of queue = \"PATTERN\" or topic = \"PATTERN\" ({e:?})"),
+                    )
+                }
+            }
+        }
+        if let Some(t) = &self.temp_destinations {
+            if t.queue.is_some() || t.topic.is_some() {
+                return invalid(
+                    "security.temp_destinations",
+                    "covers every temporary destination: no queue or topic key".into(),
+                );
+            }
+        }
+        if self.anonymous_user.trim().is_empty() || self.anonymous_group.trim().is_empty() {
+            return invalid(
+                "security.anonymous_user",
+                "the anonymous user and group need names".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn security(&self) -> crate::broker::security::Security {
+        crate::broker::security::Security::new(
+            &self.users,
+            self.anonymous_access,
+            &self.anonymous_user,
+            &self.anonymous_group,
+            &self.authorization,
+            self.temp_destinations.as_ref(),
+        )
+    }
 }
 
 impl Default for BrokerSection {
@@ -313,6 +402,7 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
+        self.security.validate()?;
         if self.broker.dead_letter_queue.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "broker.dead_letter_queue",
@@ -395,6 +485,7 @@ impl Config {
                     .or(self.listener("listeners.openwire"))
                     .map_or_else(|| "localhost:61616".to_string(), |a| a.to_string())
             ),
+            security: std::sync::Arc::new(self.security.security()),
         }
     }
 }
@@ -461,6 +552,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn security_section() {
+        let c = Config::from_toml(
+            r#"
+[security]
+anonymous_access = true
+[[security.users]]
+name = "admin"
+password = "pw"
+groups = "admins,users"
+[[security.authorization]]
+queue = ">"
+read = "admins"
+write = "admins"
+admin = "admins"
+[security.temp_destinations]
+read = "*"
+"#,
+        )
+        .unwrap();
+        let s = c.core_config().security;
+        assert!(s.authorizing());
+        assert_eq!(
+            s.authenticate(Some("admin"), Some("pw")).unwrap().user(),
+            "admin"
+        );
+        assert_eq!(s.authenticate(None, None).unwrap().user(), "anonymous");
+        assert!(
+            !format!("{c:?}").contains("\"pw\""),
+            "passwords stay out of Debug"
+        );
+        for (bad, key) in [
+            (
+                "[[security.authorization]]\nread = \"a\"\n",
+                "security.authorization",
+            ),
+            (
+                "[[security.authorization]]\nqueue = \">\"\ntopic = \">\"\n",
+                "security.authorization",
+            ),
+            (
+                "[[security.users]]\nname = \"a\"\n[[security.users]]\nname = \"a\"\n",
+                "security.users",
+            ),
+            (
+                "[security.temp_destinations]\nqueue = \">\"\n",
+                "security.temp_destinations",
+            ),
+            (
+                "[[security.users]]\nname = \"a\"\npasswd = \"x\"\n",
+                "passwd",
+            ),
+        ] {
+            let err = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

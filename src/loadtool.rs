@@ -51,6 +51,21 @@ pub struct CommonArgs {
     /// rates, handing work between threads costs more CPU than it buys.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// User name to connect as (STOMP login, JMS user name).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Its password.
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+impl CommonArgs {
+    /// The credentials to connect with, when a user is given.
+    pub fn login(&self) -> Option<(&str, &str)> {
+        self.user
+            .as_deref()
+            .map(|u| (u, self.password.as_deref().unwrap_or("")))
+    }
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -442,7 +457,7 @@ async fn produce_stomp(
     shared: &Shared,
     client: usize,
 ) -> std::io::Result<()> {
-    let mut c = StompClient::connect(addr, None).await?;
+    let mut c = StompClient::connect(addr, args.common.login()).await?;
     let dest = stomp_destination(destination);
     let body = Bytes::from(vec![b'x'; args.size]);
     let mut pacer = Pacer::new(rate);
@@ -518,7 +533,7 @@ async fn produce_openwire(
     deadline: Option<Instant>,
     shared: &Shared,
 ) -> std::io::Result<()> {
-    let mut c = OpenWireClient::connect(addr, None).await?;
+    let mut c = OpenWireClient::connect(addr, None, args.common.login()).await?;
     c.create_producer(destination).await?;
     let body = Bytes::from(vec![b'x'; args.size]);
     let mut pacer = Pacer::new(rate);
@@ -706,7 +721,7 @@ async fn consume_stomp(
     hist: &mut Histogram<u64>,
     client: usize,
 ) -> std::io::Result<()> {
-    let mut c = StompClient::connect(addr, None).await?;
+    let mut c = StompClient::connect(addr, args.common.login()).await?;
     let ack = match args.ack.as_str() {
         "client" => "client",
         "individual" => "client-individual",
@@ -826,7 +841,7 @@ async fn consume_openwire(
     hist: &mut Histogram<u64>,
     client: usize,
 ) -> std::io::Result<()> {
-    let mut c = OpenWireClient::connect(addr, None).await?;
+    let mut c = OpenWireClient::connect(addr, None, args.common.login()).await?;
     c.subscribe(client as i64 + 1, destination, args.prefetch as i32)
         .await?;
     let mut got = 0u64;

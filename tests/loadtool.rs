@@ -18,6 +18,8 @@ fn common(url: String, destination: &str, count: u64, clients: usize) -> CommonA
         timeout: 60.0,
         json: false,
         threads: 1,
+        user: None,
+        password: None,
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod destination;
 pub mod message;
 pub mod queue;
+pub mod security;
 pub mod selector;
 pub mod subscription;
 pub mod topic;
@@ -23,6 +24,7 @@ use dashmap::DashMap;
 use destination::{Destination, DestinationKind};
 use message::{Advisory, ConsumerName, Message, PropValue};
 use queue::{DeadCause, Persistence, Queue};
+use security::{Access, SecurityError, Subject};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use subscription::ConsumerSpec;
@@ -41,6 +43,8 @@ pub struct CoreConfig {
     pub dead_letter_non_persistent: bool,
     /// The URL clients know this broker by (advisories' `originBrokerURL`).
     pub broker_url: String,
+    /// Users and what they may do.
+    pub security: Arc<security::Security>,
 }
 
 impl Default for CoreConfig {
@@ -51,6 +55,7 @@ impl Default for CoreConfig {
             dead_letter_queue: "ActiveMQ.DLQ".into(),
             dead_letter_non_persistent: false,
             broker_url: "tcp://localhost:61616".into(),
+            security: Arc::default(),
         }
     }
 }
@@ -352,6 +357,59 @@ impl Broker {
             }
         }
         topic
+    }
+
+    /// Who a connection giving these credentials is (or ActiveMQ's refusal).
+    pub fn authenticate(
+        &self,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Subject, SecurityError> {
+        self.config.security.authenticate(user, password)
+    }
+
+    /// Whether authorization applies at all (sessions skip their checks when not).
+    pub fn authorizing(&self) -> bool {
+        self.config.security.authorizing()
+    }
+
+    /// Checks that `subject` may read from or write to `destination` (each
+    /// element of a composite), and may create it where it does not exist
+    /// yet, as ActiveMQ's authorization broker does. `Access::Admin` checks
+    /// creating (or removing) it outright.
+    pub fn authorize(
+        &self,
+        subject: &Subject,
+        destination: &Destination,
+        access: Access,
+    ) -> Result<(), SecurityError> {
+        let security = &self.config.security;
+        if !security.authorizing() {
+            return Ok(());
+        }
+        if destination.name.contains(',') {
+            return composite_elements(destination)
+                .iter()
+                .try_for_each(|d| self.authorize(subject, d, access));
+        }
+        security.check(subject, destination, access)?;
+        // A temporary destination is made (and checked) by create_temp's caller.
+        if access != Access::Admin && !destination.kind.is_temporary() && !self.exists(destination)
+        {
+            security.check(subject, destination, Access::Admin)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the destination has been made (used) already.
+    pub fn exists(&self, destination: &Destination) -> bool {
+        match destination.kind {
+            DestinationKind::Queue => self.queues.contains_key(&*destination.name),
+            DestinationKind::Topic => self.topics.contains_key(&*destination.name),
+            DestinationKind::TempQueue | DestinationKind::TempTopic => {
+                self.temps.contains_key(destination)
+            }
+        }
     }
 
     pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {

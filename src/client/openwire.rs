@@ -59,7 +59,11 @@ pub struct Received {
 }
 
 impl OpenWireClient {
-    pub async fn connect(addr: &str, client_id: Option<&str>) -> io::Result<OpenWireClient> {
+    pub async fn connect(
+        addr: &str,
+        client_id: Option<&str>,
+        login: Option<(&str, &str)>,
+    ) -> io::Result<OpenWireClient> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut ours = WireFormatInfo::broker_proposal(u64::MAX, 0);
@@ -118,6 +122,12 @@ impl OpenWireClient {
                 ),
             )
             .with("manageable", Value::Bool(false));
+        let info = match login {
+            Some((user, password)) => info
+                .with("userName", Value::str(user))
+                .with("password", Value::str(password)),
+            None => info,
+        };
         c.request(info).await?;
         let session = Struct::new(schema::SESSION_INFO).with("sessionId", c.session_id());
         c.oneway(session).await?;

@@ -18,6 +18,7 @@
 use crate::broker::destination::Destination;
 use crate::broker::message::now_millis;
 use crate::broker::queue::AckAction;
+use crate::broker::security::{Access, SecurityError, Subject};
 use crate::broker::selector::Selector;
 use crate::broker::subscription::ConsumerSpec;
 use crate::broker::transaction::{Transaction, TxOp};
@@ -116,6 +117,14 @@ impl JmsError {
     }
     fn jms(message: impl Into<String>) -> Self {
         Self::new("javax.jms.JMSException", message)
+    }
+}
+
+const SECURITY_EXCEPTION: &str = "java.lang.SecurityException";
+
+impl From<SecurityError> for JmsError {
+    fn from(e: SecurityError) -> Self {
+        JmsError::new(SECURITY_EXCEPTION, e.0)
     }
 }
 
@@ -259,6 +268,8 @@ struct Session {
     negotiated: Option<Negotiated>,
     connection_id: Option<String>,
     client_id: Option<String>,
+    /// Who the client authenticated as (set by its ConnectionInfo).
+    subject: Option<Subject>,
     sessions: HashSet<i64>,
     consumers: HashMap<String, ConsumerEntry>,
     /// Temporary destinations this connection created and has not deleted.
@@ -323,6 +334,7 @@ pub async fn serve(
         negotiated: None,
         connection_id: None,
         client_id: None,
+        subject: None,
         sessions: HashSet::from([-1]),
         consumers: HashMap::new(),
         producers: HashMap::new(),
@@ -582,6 +594,7 @@ impl Session {
                     if d.kind.is_temporary() {
                         self.broker.resolve(&d)?;
                     }
+                    self.allow(&d, Access::Write)?;
                 }
                 // Only producers with a window are remembered: they are sent
                 // a ProducerAck for each message.
@@ -670,6 +683,9 @@ impl Session {
             }
             None => {}
         }
+        let subject = self
+            .broker
+            .authenticate(c.str("userName"), c.str("password"))?;
         if let Some(client_id) = c.str("clientId") {
             self.broker.register_client_id(
                 client_id,
@@ -680,6 +696,7 @@ impl Session {
             tracing::Span::current().record("client_id", client_id);
         }
         self.connection_id = Some(connection_id);
+        self.subject = Some(subject);
         if c.bool("manageable") {
             // As ActiveMQ: the Response, then a ConnectionControl.
             self.respond(c).await;
@@ -692,6 +709,19 @@ impl Session {
             return Ok(Reply::Sent);
         }
         Ok(Reply::Done)
+    }
+
+    /// Checks that the client may have `access` to `destination` (see
+    /// [`Broker::authorize`]).
+    fn allow(&self, destination: &Destination, access: Access) -> Result<(), JmsError> {
+        if !self.broker.authorizing() {
+            return Ok(());
+        }
+        let subject = self
+            .subject
+            .as_ref()
+            .ok_or_else(|| JmsError::new(SECURITY_EXCEPTION, "User is not authenticated."))?;
+        Ok(self.broker.authorize(subject, destination, access)?)
     }
 
     /// Sends the plain Response a command asked for.
@@ -731,6 +761,7 @@ impl Session {
                     "Destination must not be null",
                 )
             })?;
+        self.allow(&destination, Access::Read)?;
         let selector = match c.str("selector").filter(|s| !s.trim().is_empty()) {
             Some(s) => Some(Arc::new(Selector::parse(s, false).map_err(|e| {
                 JmsError::new("javax.jms.InvalidSelectorException", format!("{e}: {s}"))
@@ -871,6 +902,7 @@ impl Session {
             }
         }
         let t = self.broker.resolve(d)?;
+        self.allow(d, Access::Write)?;
         if self.targets.len() >= 1024 {
             self.targets.clear();
         }
@@ -1364,6 +1396,11 @@ impl Session {
             ));
         };
         let add = c.byte("operationType") == 0;
+        // Creating or removing a destination is an admin's (removing one
+        // that does not exist is not checked, as in ActiveMQ).
+        if destination.kind.is_temporary() || add != self.broker.exists(&destination) {
+            self.allow(&destination, Access::Admin)?;
+        }
         if destination.kind.is_temporary() {
             if add {
                 if self.temps >= MAX_TEMPS && !self.broker.owns_temp(&destination, self.connection)

@@ -16,6 +16,7 @@
 use crate::broker::destination::{Destination, DestinationKind};
 use crate::broker::message::{ConsumerName, MessageId};
 use crate::broker::queue::{AckAction, Queue};
+use crate::broker::security::{Access, Subject};
 use crate::broker::selector::Selector;
 use crate::broker::subscription::{ConsumerSpec, Delivery};
 use crate::broker::transaction::{Transaction, TxOp};
@@ -172,6 +173,8 @@ struct Session {
     version: Version,
     connected: bool,
     client_id: Option<String>,
+    /// Who the client authenticated as (set by CONNECT).
+    subject: Option<Subject>,
     subs: HashMap<ByteStr, SubEntry>,
     txs: HashMap<ByteStr, Transaction>,
     targets: HashMap<ByteStr, (Destination, Target)>,
@@ -231,6 +234,7 @@ pub async fn serve(
         version: Version::V1_0,
         connected: false,
         client_id: None,
+        subject: None,
         subs: HashMap::new(),
         txs: HashMap::new(),
         targets: HashMap::new(),
@@ -423,6 +427,14 @@ impl Session {
             Some(hb) => parse_heart_beat(hb)
                 .ok_or_else(|| ProtocolError::fatal(format!("Invalid heart-beat header:{hb}")))?,
         };
+        // ActiveMQ closes the connection after this ERROR.
+        let subject = self
+            .broker
+            .authenticate(
+                frame.header("login").map(|v| v.as_str()),
+                frame.header("passcode").map(|v| v.as_str()),
+            )
+            .map_err(|e| ProtocolError::fatal(e.0))?;
         if let Some(id) = frame.header("client-id") {
             self.broker
                 .register_client_id(id, self.connection, &format!("tcp://{}", self.peer))
@@ -430,6 +442,7 @@ impl Session {
             self.client_id = Some(id.to_string());
             tracing::Span::current().record("client_id", id.as_str());
         }
+        self.subject = Some(subject);
         self.version = version;
         framed.decoder_mut().set_version(version);
         self.connected = true;
@@ -492,6 +505,7 @@ impl Session {
             kind,
             format!("{}:{}", self.connection_name, self.temps.len() + 1),
         );
+        self.allow(&d, Access::Admin)?;
         self.broker
             .create_temp(&d, self.connection, &self.connection_name)
             .map_err(|e| ProtocolError::soft(e.to_string()))?;
@@ -502,6 +516,21 @@ impl Session {
         self.temp_names.insert(&d, format!("{given}{}", own.trim()));
         self.temps.insert(own.trim().to_string(), d.clone());
         Ok(d)
+    }
+
+    /// Checks that the client may have `access` to `destination` (see
+    /// [`Broker::authorize`]).
+    fn allow(&self, destination: &Destination, access: Access) -> Result<(), ProtocolError> {
+        if !self.broker.authorizing() {
+            return Ok(());
+        }
+        let subject = self
+            .subject
+            .as_ref()
+            .ok_or_else(|| ProtocolError::soft("User is not authenticated."))?;
+        self.broker
+            .authorize(subject, destination, access)
+            .map_err(|e| ProtocolError::soft(e.0))
     }
 
     /// Whose durable subscriptions this connection's are: its client-id, or
@@ -541,6 +570,7 @@ impl Session {
             }
         }
         let destination = self.destination(name)?;
+        self.allow(&destination, Access::Write)?;
         let target = self
             .broker
             .resolve(&destination)
@@ -644,6 +674,7 @@ impl Session {
             None => None,
         };
         let destination = self.destination(&dest_name)?;
+        self.allow(&destination, Access::Read)?;
         if frame.header("browser").is_some_and(|b| b.trim() == "true") {
             return self
                 .browse(&frame, &stomp_id, &destination, selector.as_deref())

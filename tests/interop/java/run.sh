@@ -8,6 +8,8 @@
 # Environment (passed through to the harness):
 #   BROKER_URL       OpenWire URL             (default tcp://127.0.0.1:61616)
 #   STOMP_PORT       STOMP port, same host     (default 61613) for the cross-protocol tests
+#   SECURE_BROKER_URL  OpenWire URL of a broker configured as tests/interop/secure.toml
+#                    (ActiveMQ: tests/interop/secure-activemq.xml) for the security tests
 #   EXPECT_ACTIVEMQ  1: the tests known to fail on ActiveMQ 5.17 count as expected failures
 #                    (only for validating the suite against a real ActiveMQ)
 #   INTEROP_VERBOSE  1: log details and stack traces

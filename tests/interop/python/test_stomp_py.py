@@ -158,11 +158,12 @@ class Recorder(stomp.ConnectionListener):
 class Client:
     """One stomp.py connection plus its Recorder."""
 
-    def __init__(self, version="1.2", heartbeats=(0, 0), headers=None, auto_decode=True):
+    def __init__(self, version="1.2", heartbeats=(0, 0), headers=None, auto_decode=True, port=None):
         self.version = version
         self.rec = Recorder()
+        port = port or PORT
         common = dict(
-            host_and_ports=[(HOST, PORT)],
+            host_and_ports=[(HOST, port)],
             timeout=WAIT,
             reconnect_attempts_max=1,
             auto_decode=auto_decode,
@@ -179,7 +180,7 @@ class Client:
         self.conn.connect(wait=False, headers=dict(headers or {}))
         if not self.rec.connected.wait(10):
             self.close()
-            raise AssertionError("no CONNECTED frame within 10s from %s:%s" % (HOST, PORT))
+            raise AssertionError("no CONNECTED frame within 10s from %s:%s" % (HOST, port))
         if self.rec.connected_frame is None:
             errs = self.rec.error_text()
             self.close()
@@ -856,3 +857,73 @@ def test_durable_topic_subscription(client):
     c3.rec.wait_receipt("unsub3")
     c3.conn.unsubscribe(id="d3", headers=dict(durable, receipt="unsub4"))
     c3.rec.wait_receipt("unsub4")
+
+
+# ---------------------------------------------------------------------------
+# security: a second broker configured as tests/interop/secure.toml
+# (SECURE_STOMP_PORT; for ActiveMQ, tests/interop/secure-activemq.xml)
+# ---------------------------------------------------------------------------
+
+
+def secure_port():
+    port = os.environ.get("SECURE_STOMP_PORT")
+    assert port, (
+        "SECURE_STOMP_PORT is not set: the security tests need a broker configured as "
+        "tests/interop/secure.toml (scripts/test.sh starts one)"
+    )
+    return int(port)
+
+
+@pytest.mark.parametrize("login,passcode", [("user", "wrong"), ("nobody", "userpw"), (None, None)])
+def test_security_wrong_credentials_get_an_error_and_the_connection_closes(login, passcode):
+    rec = Recorder()
+    conn = stomp.Connection12([(HOST, secure_port())], timeout=WAIT, reconnect_attempts_max=1)
+    conn.set_listener("recorder", rec)
+    try:
+        conn.connect(username=login, passcode=passcode, wait=False)
+        assert rec.connected.wait(10), "no answer to CONNECT"
+        assert rec.connected_frame is None, "connected with wrong credentials"
+        assert [e.headers.get("message") for e in rec.errors] == [
+            "User name [%s] or password is invalid." % (login or "null")
+        ]
+        assert rec.disconnected.wait(WAIT), "the broker closes the connection"
+    finally:
+        try:
+            conn.transport.disconnect_socket()
+        except Exception:
+            pass
+
+
+def test_security_send_and_subscribe_are_checked(client):
+    port = secure_port()
+    user = client(headers={"login": "user", "passcode": "userpw"}, port=port)
+    admin_only = "/queue/ADMIN.py-" + uid()
+    user.conn.send(admin_only, "x", headers={"receipt": "w1"})
+    user.conn.subscribe("/queue/ADMIN.py-" + uid(), id="s1", headers={"receipt": "r1"})
+    deadline = time.monotonic() + WAIT
+    while len(user.rec.errors) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    errors = [(e.headers.get("receipt-id"), e.headers.get("message")) for e in user.rec.errors]
+    assert errors[0] == ("w1", "User user is not authorized to write to: queue://" + admin_only[7:])
+    assert errors[1][0] == "r1"
+    assert errors[1][1].startswith("User user is not authorized to read from: queue://ADMIN.py-")
+    assert not user.rec.has_receipt("w1") and not user.rec.has_receipt("r1")
+    # Refusals leave the connection working where the user may go.
+    mine = "/queue/USERS.py-" + uid()
+    user.subscribe(mine, "mine")
+    user.send(mine, "hello")
+    assert user.rec.get().body == "hello"
+    # A READONLY queue: read (once an admin made it), never written.
+    admin = client(headers={"login": "admin", "passcode": "adminpw"}, port=port)
+    readonly = "/queue/READONLY.py-" + uid()
+    admin.send(readonly, "from the admin")
+    user.subscribe(readonly, "ro")
+    assert user.rec.get().body == "from the admin"
+    user.conn.send(readonly, "x", headers={"receipt": "w2"})
+    deadline = time.monotonic() + WAIT
+    while len(user.rec.errors) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (user.rec.errors[2].headers.get("receipt-id"), user.rec.errors[2].headers.get("message")) == (
+        "w2",
+        "User user is not authorized to write to: queue://" + readonly[7:],
+    )

@@ -28,6 +28,7 @@ import javax.jms.Destination;
 import javax.jms.InvalidClientIDException;
 import javax.jms.InvalidDestinationException;
 import javax.jms.JMSException;
+import javax.jms.JMSSecurityException;
 import javax.jms.MapMessage;
 import javax.jms.Message;
 import javax.jms.MessageConsumer;
@@ -189,6 +190,11 @@ public final class JmsInteropTests {
         test("producerForADeletedTemporaryQueue", JmsInteropTests::producerForADeletedTemporaryQueue);
         test("failedAsyncSendMakesTheCommitFail", JmsInteropTests::failedAsyncSendMakesTheCommitFail);
         test("jmsHeadersPreserved", JmsInteropTests::jmsHeadersPreserved);
+        // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
+        test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
+        test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
+        test("securityWriteReadAndCreateAreChecked", JmsInteropTests::securityWriteReadAndCreateAreChecked);
+        test("securityTemporaryDestinations", JmsInteropTests::securityTemporaryDestinations);
         // cross-protocol (STOMP)
         test("stompTextToJms", JmsInteropTests::stompTextToJms);
         test("stompBytesToJms", JmsInteropTests::stompBytesToJms);
@@ -392,6 +398,23 @@ public final class JmsInteropTests {
         ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(brokerUrl);
         f.setCloseTimeout(5000); // default 15 s: only matters when the broker does not answer a close
         Connection c = f.createConnection();
+        OPEN.add(c::close);
+        return c;
+    }
+
+    /**
+     * A connection to the broker of the security tests (tests/interop/secure.toml; for ActiveMQ,
+     * tests/interop/secure-activemq.xml). Without SECURE_BROKER_URL those tests fail: they must run.
+     */
+    static Connection secureConnect(String user, String password) throws JMSException {
+        String url = System.getenv("SECURE_BROKER_URL");
+        if (url == null || url.isEmpty()) {
+            throw new AssertionError("SECURE_BROKER_URL is not set: the security tests need a broker "
+                    + "configured as tests/interop/secure.toml (scripts/test.sh starts one)");
+        }
+        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url);
+        f.setCloseTimeout(5000);
+        Connection c = f.createConnection(user, password);
         OPEN.add(c::close);
         return c;
     }
@@ -2435,6 +2458,122 @@ public final class JmsInteropTests {
             eq("org.apache.activemq.DestinationDoesNotExistException", e.getClass().getName(), "exception class");
         } finally {
             quietClose(c, blind);
+        }
+    }
+
+    /** Wrong or missing credentials: JMSSecurityException with ActiveMQ's message, nothing else works. */
+    static void securityWrongCredentialsAreRefused() throws Exception {
+        String[][] cases = {{"user", "wrong"}, {"nobody", "userpw"}, {null, null}};
+        for (String[] creds : cases) {
+            Connection c = secureConnect(creds[0], creds[1]);
+            JMSSecurityException e = expectThrows(JMSSecurityException.class,
+                    "connecting as " + creds[0] + "/" + creds[1], c::start);
+            eq("User name [" + (creds[0] == null ? "null" : creds[0]) + "] or password is invalid.",
+                    e.getMessage(), "refusal");
+            quietClose(c);
+        }
+    }
+
+    /** A user sends and receives where its groups may, persistent and not, and in a transaction. */
+    static void securityUsersWorkWhereTheyMay() throws Exception {
+        String q = uniq("USERS.q");
+        Connection c = started(secureConnect("user", "userpw"));
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            Queue queue = s.createQueue(q);
+            MessageProducer p = s.createProducer(queue);
+            p.send(s.createTextMessage("one"));
+            p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+            p.send(s.createTextMessage("two"));
+            Session ts = c.createSession(true, Session.SESSION_TRANSACTED);
+            ts.createProducer(queue).send(ts.createTextMessage("three"));
+            ts.commit();
+            MessageConsumer consumer = s.createConsumer(queue);
+            // Sent by two sessions: in no particular order.
+            Set<String> got = new HashSet<>();
+            for (int i = 0; i < 3; i++) {
+                TextMessage m = (TextMessage) consumer.receive(5000);
+                check(m != null, "message " + (i + 1) + " of 3 received");
+                got.add(m.getText());
+            }
+            eq(new HashSet<>(Arrays.asList("one", "two", "three")), got, "bodies");
+            // A topic of its own, with the advisories every connection watches.
+            Topic t = s.createTopic(uniq("USERS.t"));
+            MessageConsumer sub = s.createConsumer(t);
+            s.createProducer(t).send(s.createTextMessage("news"));
+            TextMessage m = (TextMessage) sub.receive(5000);
+            check(m != null && "news".equals(m.getText()), "topic message received");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /**
+     * Writing, reading and creating are each checked, with ActiveMQ's messages: a user may read
+     * READONLY.* but not write to it, nor create it (an admin does, by sending).
+     */
+    static void securityWriteReadAndCreateAreChecked() throws Exception {
+        String adminOnly = uniq("ADMIN.q");
+        String readOnly = uniq("READONLY.q");
+        Connection user = started(secureConnect("user", "userpw"));
+        Connection admin = started(secureConnect("admin", "adminpw"));
+        try {
+            Session s = user.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            JMSSecurityException e = expectThrows(JMSSecurityException.class, "a send to an admins' queue",
+                    () -> s.createProducer(s.createQueue(adminOnly)).send(s.createTextMessage("x")));
+            eq("User user is not authorized to write to: queue://" + adminOnly, e.getMessage(), "write refusal");
+            e = expectThrows(JMSSecurityException.class, "a consumer on an admins' queue",
+                    () -> s.createConsumer(s.createQueue(adminOnly)));
+            eq("User user is not authorized to read from: queue://" + adminOnly, e.getMessage(), "read refusal");
+            e = expectThrows(JMSSecurityException.class, "a consumer making a READONLY queue",
+                    () -> s.createConsumer(s.createQueue(readOnly)));
+            eq("User user is not authorized to create: queue://" + readOnly, e.getMessage(), "create refusal");
+            // An anonymous producer is checked per message.
+            MessageProducer anon = s.createProducer(null);
+            e = expectThrows(JMSSecurityException.class, "an anonymous producer's send",
+                    () -> anon.send(s.createQueue(adminOnly), s.createTextMessage("x")));
+            eq("User user is not authorized to write to: queue://" + adminOnly, e.getMessage(), "write refusal");
+
+            Session as = admin.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            as.createProducer(as.createQueue(readOnly)).send(as.createTextMessage("for users"));
+            MessageConsumer consumer = s.createConsumer(s.createQueue(readOnly));
+            TextMessage m = (TextMessage) consumer.receive(5000);
+            check(m != null && "for users".equals(m.getText()), "the admin's message read by the user");
+            e = expectThrows(JMSSecurityException.class, "a send to a READONLY queue",
+                    () -> s.createProducer(s.createQueue(readOnly)).send(s.createTextMessage("x")));
+            eq("User user is not authorized to write to: queue://" + readOnly, e.getMessage(), "write refusal");
+            // The refusals cost the connection nothing.
+            String mine = uniq("USERS.after");
+            s.createProducer(s.createQueue(mine)).send(s.createTextMessage("still fine"));
+            m = (TextMessage) s.createConsumer(s.createQueue(mine)).receive(5000);
+            check(m != null && "still fine".equals(m.getText()), "the connection still works");
+        } finally {
+            quietClose(user, admin);
+        }
+    }
+
+    /** Temporary destinations have their own entry: users may make them, guests may not. */
+    static void securityTemporaryDestinations() throws Exception {
+        Connection user = started(secureConnect("user", "userpw"));
+        Connection guest = started(secureConnect("guest", "guestpw"));
+        try {
+            Session s = user.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            TemporaryQueue temp = s.createTemporaryQueue();
+            s.createProducer(temp).send(s.createTextMessage("reply"));
+            TextMessage m = (TextMessage) s.createConsumer(temp).receive(5000);
+            check(m != null && "reply".equals(m.getText()), "a message through the user's temporary queue");
+            Session gs = guest.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            JMSSecurityException e = expectThrows(JMSSecurityException.class, "a guest's temporary queue",
+                    gs::createTemporaryQueue);
+            check(e.getMessage().startsWith("User guest is not authorized to create: temp-queue://"),
+                    "refusal: " + e.getMessage());
+            // Guests may write to GUESTS.* (anyone may) and read it.
+            String q = uniq("GUESTS.q");
+            gs.createProducer(gs.createQueue(q)).send(gs.createTextMessage("hello"));
+            m = (TextMessage) gs.createConsumer(gs.createQueue(q)).receive(5000);
+            check(m != null && "hello".equals(m.getText()), "a guest's own queue");
+        } finally {
+            quietClose(user, guest);
         }
     }
 
