@@ -114,6 +114,11 @@ pub struct BrokerSection {
     /// subscriptions nobody consumes from (ActiveMQ's expireMessagesPeriod);
     /// 0 disables it (they still expire when they would be delivered).
     pub expire_messages_period_ms: u64,
+    /// Virtual topics (ActiveMQ's default virtualTopic): a message sent to a
+    /// topic this pattern matches is also sent to every queue named
+    /// `virtual_topic_prefix` + the topic's name. "" disables them.
+    pub virtual_topics: String,
+    pub virtual_topic_prefix: String,
 }
 
 /// Listener addresses; an empty string disables a listener.
@@ -251,6 +256,8 @@ impl Default for BrokerSection {
             data_dir: PathBuf::from("./data"),
             dead_letter_queue: "ActiveMQ.DLQ".into(),
             expire_messages_period_ms: 30_000,
+            virtual_topics: "VirtualTopic.>".into(),
+            virtual_topic_prefix: "Consumer.*.".into(),
         }
     }
 }
@@ -403,6 +410,17 @@ impl Config {
             });
         }
         self.security.validate()?;
+        let prefix = self.broker.virtual_topic_prefix.trim();
+        if !self.broker.virtual_topics.trim().is_empty()
+            && (!prefix.ends_with('.') || prefix.split('.').any(|p| p == ">"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "broker.virtual_topic_prefix",
+                message: format!(
+                    "must end with \".\" and have no \">\" (like \"Consumer.*.\"), not {prefix:?}"
+                ),
+            });
+        }
         if self.broker.dead_letter_queue.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "broker.dead_letter_queue",
@@ -486,6 +504,8 @@ impl Config {
                     .map_or_else(|| "localhost:61616".to_string(), |a| a.to_string())
             ),
             security: std::sync::Arc::new(self.security.security()),
+            virtual_topics: self.broker.virtual_topics.trim().to_string(),
+            virtual_topic_prefix: self.broker.virtual_topic_prefix.trim().to_string(),
         }
     }
 }

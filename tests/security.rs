@@ -38,6 +38,19 @@ async fn secured() -> TestBroker {
             queue_entry(">", "admins", "admins", "admins"),
             queue_entry("USERS.>", "users", "users", "users"),
             queue_entry("READONLY.>", "users", "admins", "admins"),
+            EntrySpec {
+                topic: Some(">".into()),
+                read: "admins".into(),
+                write: "admins".into(),
+                admin: "admins".into(),
+                ..EntrySpec::default()
+            },
+            EntrySpec {
+                topic: Some("USERS.*".into()),
+                read: "users".into(),
+                admin: "users".into(),
+                ..EntrySpec::default()
+            },
         ];
     })
     .await
@@ -142,6 +155,61 @@ async fn refused_send(c: &mut Client, destination: &str, receipt: &str) {
         &[("destination", destination), ("receipt", receipt)],
     ))
     .await;
+}
+
+/// A wildcard subscription is allowed where an entry of a topic it covers
+/// allows it, and joins only the topics its user may read, existing or new.
+#[tokio::test]
+async fn wildcard_subscriptions_join_only_readable_topics() {
+    let b = secured().await;
+    let mut a = Client::connect(
+        b.stomp,
+        "1.2",
+        &[("login", "admin"), ("passcode", "adminpw")],
+    )
+    .await;
+    a.send_text("/topic/USERS.x.old", "made before", Some("a0"))
+        .await;
+    let mut u = Client::connect(b.stomp, "1.2", &[("login", "user"), ("passcode", "userpw")]).await;
+    u.send(&frame(
+        Command::Subscribe,
+        &[
+            ("destination", "/topic/ADMIN.>"),
+            ("id", "0"),
+            ("receipt", "r0"),
+        ],
+    ))
+    .await;
+    let e = u.expect_error().await;
+    assert_eq!(
+        e.header("message").map(|m| m.as_str()),
+        Some("User user is not authorized to read from: topic://ADMIN.>")
+    );
+    u.subscribe("1", "/topic/USERS.>", "auto", &[]).await;
+    for (i, topic) in [
+        "/topic/USERS.x.old",
+        "/topic/USERS.a",
+        "/topic/USERS.a.b",
+        "/topic/USERS.c",
+    ]
+    .iter()
+    .enumerate()
+    {
+        a.send_text(topic, topic, Some(&format!("a{}", i + 1)))
+            .await;
+    }
+    let got: Vec<String> = [u.expect_message().await, u.expect_message().await]
+        .iter()
+        .map(common::body)
+        .collect();
+    assert_eq!(got, ["/topic/USERS.a", "/topic/USERS.c"]);
+    assert!(
+        u.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing from the topics only admins read"
+    );
+    u.disconnect().await;
+    a.disconnect().await;
+    b.stop().await;
 }
 
 fn args(url: String, destination: &str, login: Option<(&str, &str)>) -> CommonArgs {

@@ -45,6 +45,12 @@ pub struct CoreConfig {
     pub broker_url: String,
     /// Users and what they may do.
     pub security: Arc<security::Security>,
+    /// Topics that are virtual topics (ActiveMQ's default `VirtualTopic.>`);
+    /// empty: none.
+    pub virtual_topics: String,
+    /// Queues named this prefix plus a virtual topic's name each get a copy
+    /// of its messages (`Consumer.*.`: `Consumer.A.VirtualTopic.X`).
+    pub virtual_topic_prefix: String,
 }
 
 impl Default for CoreConfig {
@@ -56,6 +62,8 @@ impl Default for CoreConfig {
             dead_letter_non_persistent: false,
             broker_url: "tcp://localhost:61616".into(),
             security: Arc::default(),
+            virtual_topics: "VirtualTopic.>".into(),
+            virtual_topic_prefix: "Consumer.*.".into(),
         }
     }
 }
@@ -93,6 +101,9 @@ pub enum Target {
     Topic(Arc<Topic>),
     /// A composite destination (`a,b,topic://c`): every element.
     Many(Vec<Target>),
+    /// A virtual topic: the topic, and every queue that consumes from it
+    /// (`Consumer.*.VirtualTopic.X`) at the time of the send.
+    Virtual(Arc<Topic>),
 }
 
 impl Target {
@@ -107,10 +118,12 @@ impl Target {
                 }
             }
             Target::Topic(t) => t.publish(&message),
-            Target::Many(_) => each_element(self, Arc::unwrap_or_clone(message))
-                .into_iter()
-                .flat_map(|(t, m)| t.send(Arc::new(m)))
-                .collect(),
+            Target::Many(_) | Target::Virtual(_) => {
+                each_element(self, Arc::unwrap_or_clone(message))
+                    .into_iter()
+                    .flat_map(|(t, m)| t.send(Arc::new(m)))
+                    .collect()
+            }
         }
     }
 
@@ -118,7 +131,7 @@ impl Target {
     pub fn is_live(&self) -> bool {
         match self {
             Target::Queue(q) => !q.is_deleted(),
-            Target::Topic(_) => true,
+            Target::Topic(_) | Target::Virtual(_) => true,
             Target::Many(all) => all.iter().all(Target::is_live),
         }
     }
@@ -127,10 +140,25 @@ impl Target {
 /// A message to `target` as what each destination gets: a composite's
 /// elements each get a copy of their own, whose destination is the element
 /// and whose original destination is the composite (as ActiveMQ's
-/// CompositeDestinationBroker sends them); anything else, the message.
+/// CompositeDestinationBroker sends them); so do the queues of a virtual
+/// topic, after the topic itself (as its VirtualTopicInterceptor); anything
+/// else, the message.
 pub fn each_element(target: &Target, message: Message) -> Vec<(Target, Message)> {
-    let Target::Many(all) = target else {
-        return vec![(target.clone(), message)];
+    let all = match target {
+        Target::Many(all) => all,
+        Target::Virtual(topic) => {
+            let queues = topic.virtual_queues();
+            let mut out = Vec::with_capacity(queues.len() + 1);
+            for q in queues {
+                let mut copy = message.clone();
+                copy.destination = q.destination().clone();
+                copy.extras_mut().original_destination = Some(message.destination.clone());
+                out.push((Target::Queue(q), copy));
+            }
+            out.insert(0, (Target::Topic(topic.clone()), message));
+            return out;
+        }
+        _ => return vec![(target.clone(), message)],
     };
     let composite = message.destination.clone();
     all.iter()
@@ -318,10 +346,13 @@ impl Broker {
         if let Some(q) = self.queues.get(name) {
             return q.clone();
         }
-        self.queues
+        let mut created = false;
+        let queue = self
+            .queues
             .entry(Arc::from(name))
             .or_insert_with(|| {
                 tracing::debug!(queue = name, "queue created");
+                created = true;
                 Arc::new(Queue::new(
                     destination.clone(),
                     self.config.destination_memory_limit,
@@ -330,7 +361,42 @@ impl Broker {
                     self.persistence(None),
                 ))
             })
-            .clone()
+            .clone();
+        if created && destination.kind == DestinationKind::Queue {
+            if let Some(topic) = self.virtual_topic_of(name) {
+                // From now on it gets a copy of what the topic is sent.
+                self.topic(topic).attach_virtual(queue.clone());
+            }
+        }
+        queue
+    }
+
+    /// Whether a topic of this name is a virtual topic.
+    pub fn is_virtual_topic(&self, name: &str) -> bool {
+        let pattern = &self.config.virtual_topics;
+        !pattern.is_empty() && wildcard_matches(pattern, name)
+    }
+
+    /// The virtual topic a queue of this name consumes from
+    /// (`Consumer.A.VirtualTopic.X`: `VirtualTopic.X`), if any.
+    fn virtual_topic_of<'a>(&self, queue: &'a str) -> Option<&'a str> {
+        if self.config.virtual_topics.is_empty() {
+            return None;
+        }
+        let mut rest = queue;
+        for part in self
+            .config
+            .virtual_topic_prefix
+            .trim_end_matches('.')
+            .split('.')
+        {
+            let (head, tail) = rest.split_once('.')?;
+            if part != "*" && part != head {
+                return None;
+            }
+            rest = tail;
+        }
+        (!rest.is_empty() && self.is_virtual_topic(rest)).then_some(rest)
     }
 
     pub fn topic(&self, name: &str) -> Arc<Topic> {
@@ -351,7 +417,7 @@ impl Broker {
             // Wildcard subscriptions that cover the new topic join it.
             let wild = self.wildcards.lock().unwrap_or_else(|e| e.into_inner());
             for (pattern, sub) in wild.iter() {
-                if wildcard_matches(pattern, name) {
+                if wildcard_matches(pattern, name) && self.may_read(sub, &topic) {
                     topic.attach(sub.clone());
                 }
             }
@@ -393,12 +459,26 @@ impl Broker {
                 .try_for_each(|d| self.authorize(subject, d, access));
         }
         security.check(subject, destination, access)?;
-        // A temporary destination is made (and checked) by create_temp's caller.
-        if access != Access::Admin && !destination.kind.is_temporary() && !self.exists(destination)
+        // A temporary destination is made (and checked) by create_temp's
+        // caller; a wildcard is no destination (nothing is made).
+        if access != Access::Admin
+            && !destination.kind.is_temporary()
+            && !is_wildcard(&destination.name)
+            && !self.exists(destination)
         {
             security.check(subject, destination, Access::Admin)?;
         }
         Ok(())
+    }
+
+    /// Whether a wildcard subscription may join a topic: the topics it
+    /// covers are each checked (as ActiveMQ's AuthorizationDestinationFilter).
+    fn may_read(&self, sub: &TopicSub, topic: &Topic) -> bool {
+        sub.reader.as_ref().is_none_or(|subject| {
+            self.config
+                .security
+                .allows(subject, topic.destination(), Access::Read)
+        })
     }
 
     /// Whether the destination has been made (used) already.
@@ -428,7 +508,14 @@ impl Broker {
         }
         match destination.kind {
             DestinationKind::Queue => Ok(Target::Queue(self.queue(&destination.name))),
-            DestinationKind::Topic => Ok(Target::Topic(self.topic(&destination.name))),
+            DestinationKind::Topic => {
+                let topic = self.topic(&destination.name);
+                Ok(if self.is_virtual_topic(&destination.name) {
+                    Target::Virtual(topic)
+                } else {
+                    Target::Topic(topic)
+                })
+            }
             DestinationKind::TempQueue => {
                 if !self.temps.contains_key(destination) {
                     return Err(BrokerError::NoSuchTempQueue(destination.name.to_string()));
@@ -863,6 +950,7 @@ impl Broker {
             no_local: spec.no_local,
             connection: spec.connection,
             selector: spec.selector.clone(),
+            reader: spec.reader.clone(),
         };
         let mut wildcard = false;
         for d in &elements {
@@ -878,7 +966,9 @@ impl Broker {
                 let existing: Vec<Arc<Topic>> = self
                     .topics
                     .iter()
-                    .filter(|t| wildcard_matches(&d.name, t.key()))
+                    .filter(|t| {
+                        wildcard_matches(&d.name, t.key()) && self.may_read(&sub, t.value())
+                    })
                     .map(|t| t.value().clone())
                     .collect();
                 for t in existing {
@@ -1127,6 +1217,7 @@ impl Broker {
             no_local,
             connection,
             selector: selector.clone(),
+            reader: None,
         });
         Arc::new(DurableSub {
             store_id,
@@ -1184,7 +1275,7 @@ impl Broker {
                 subs
             }
             // Sent as its elements (see `each_element`).
-            Target::Many(_) => return None,
+            Target::Many(_) | Target::Virtual(_) => return None,
         };
         m.store_id = store.next_id();
         Some(subs)
@@ -1207,7 +1298,7 @@ impl Broker {
         target: &Target,
         message: Message,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
-        if let Target::Many(_) = target {
+        if let Target::Many(_) | Target::Virtual(_) = target {
             // Each element is sent (and stored) as if sent to it alone.
             let mut full = Vec::new();
             for (t, m) in each_element(target, message) {

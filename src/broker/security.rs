@@ -12,7 +12,6 @@
 //! The messages are ActiveMQ's, word for word: clients and scripts match on them.
 
 use crate::broker::destination::{Destination, DestinationKind};
-use crate::broker::wildcard_matches;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -259,7 +258,7 @@ impl Security {
             return Ok(anonymous.clone());
         }
         match user.and_then(|u| self.users.get(u)) {
-            Some((expected, subject)) if same(expected, password.unwrap_or("")) => {
+            Some((expected, subject)) if password.is_some_and(|p| same(expected, p)) => {
                 Ok(subject.clone())
             }
             // ActiveMQ prints a missing user name as "null".
@@ -284,9 +283,12 @@ impl Security {
                 .is_none_or(|acls| acls[index].allows(subject));
         }
         let topic = destination.kind == DestinationKind::Topic;
+        // For a wildcard (a subscription's), the entries of every
+        // destination it may cover (ActiveMQ's DestinationMap lookup); the
+        // topics it joins are each checked as well.
         self.entries.iter().any(|e| {
             e.topic == topic
-                && wildcard_matches(&e.pattern, &destination.name)
+                && overlap(&e.pattern, &destination.name)
                 && e.acl(access).allows(subject)
         })
     }
@@ -308,6 +310,22 @@ impl Security {
             )))
         }
     }
+}
+
+/// Whether some destination name matches both patterns (for a name without
+/// wildcards: whether the pattern matches it).
+fn overlap(a: &str, b: &str) -> bool {
+    fn parts(a: &[&str], b: &[&str]) -> bool {
+        match (a.split_first(), b.split_first()) {
+            (Some((&">", _)), _) | (_, Some((&">", _))) => true,
+            (None, None) => true,
+            (Some((x, a)), Some((y, b))) => (*x == "*" || *y == "*" || x == y) && parts(a, b),
+            _ => false,
+        }
+    }
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    parts(&a, &b)
 }
 
 /// Compares passwords in time that depends only on their lengths.
@@ -380,6 +398,10 @@ mod tests {
             "User name [null] or password is invalid."
         );
         assert!(!same("abc", "abd") && !same("abc", "ab") && same("abc", "abc"));
+        // A user whose password is empty still has to give one.
+        let s = Security::new(&[user("blank", "", "users")], false, "a", "a", &[], None);
+        assert!(s.authenticate(Some("blank"), None).is_err());
+        assert!(s.authenticate(Some("blank"), Some("")).is_ok());
     }
 
     #[test]
@@ -437,6 +459,18 @@ mod tests {
                 .0,
             "User user is not authorized to create: topic://t"
         );
+        // A wildcard is allowed where an entry of something it covers allows it.
+        let t = |n: &str| Destination::topic(n);
+        assert!(s.allows(&user, &t("ActiveMQ.Advisory.*"), Access::Read));
+        assert!(
+            s.allows(&user, &t(">"), Access::Read),
+            "> covers the advisories"
+        );
+        assert!(!s.allows(&user, &q("ANY.*"), Access::Read));
+        assert!(s.allows(&user, &q("USERS.*.x"), Access::Read));
+        assert!(s.allows(&user, &q("*.a"), Access::Read), "USERS.a");
+        assert!(overlap("a.>", "a") && overlap("a.*.c", "a.b.>") && !overlap("a.*", "b.>"));
+        assert!(!overlap("a.b", "a.b.c") && overlap("*", "x") && !overlap("*", "x.y"));
         assert_eq!(
             s.check(&user, &q("ANY"), Access::Read).unwrap_err().0,
             "User user is not authorized to read from: queue://ANY"

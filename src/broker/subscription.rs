@@ -47,6 +47,9 @@ pub struct ConsumerSpec {
     /// Only messages this selects are dispatched to the consumer.
     pub selector: Option<Arc<crate::broker::selector::Selector>>,
     pub sink: Arc<dyn DeliverySink>,
+    /// Who consumes: the topics a wildcard subscription joins are those it
+    /// may read. `None`: no check.
+    pub reader: Option<crate::broker::security::Subject>,
 }
 
 /// A queue entry: one message and its delivery history in this destination.

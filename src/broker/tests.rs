@@ -35,6 +35,7 @@ fn spec(broker: &Broker, connection: u64, no_local: bool) -> (ConsumerSpec, Arc<
             selector: None,
             exclusive: false,
             sink: sink.clone(),
+            reader: None,
         },
         sink,
     )
@@ -238,4 +239,88 @@ async fn persistent_messages_into_a_backlog_get_buffers_of_their_own() {
     assert!(!within(last.body.as_ptr()));
     assert_eq!(&last.body[..], &read[300..556]);
     broker.close_store();
+}
+
+fn virtual_msg(topic: &str, seq: u64) -> Message {
+    Message::new(
+        MessageId {
+            producer: Arc::from("ID:v-1:1:1:1"),
+            seq,
+        },
+        Destination::topic(topic),
+        BodyKind::Text,
+        Bytes::from_static(b"hi"),
+    )
+}
+
+#[tokio::test]
+async fn virtual_topics_copy_each_message_to_their_consumer_queues() {
+    let broker = Broker::new(CoreConfig::default());
+    assert_eq!(
+        broker.virtual_topic_of("Consumer.A.VirtualTopic.Orders"),
+        Some("VirtualTopic.Orders")
+    );
+    for not in [
+        "Consumer.A.Orders",
+        "Consumer.VirtualTopic.X",
+        "Other.A.VirtualTopic.X",
+        "Consumer.A.",
+    ] {
+        assert_eq!(broker.virtual_topic_of(not), None, "{not}");
+    }
+    let a = broker.queue("Consumer.A.VirtualTopic.Orders");
+    let b = broker.queue("Consumer.B.VirtualTopic.Orders");
+    let other = broker.queue("Consumer.A.VirtualTopic.Other");
+    let (s, topic_sub) = spec(&broker, 1, false);
+    broker
+        .subscribe(&Destination::topic("VirtualTopic.Orders"), s, None)
+        .unwrap();
+    let target = broker
+        .resolve(&Destination::topic("VirtualTopic.Orders"))
+        .unwrap();
+    assert!(matches!(target, Target::Virtual(_)));
+    broker
+        .send(&target, virtual_msg("VirtualTopic.Orders", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.pending_count(), b.pending_count(), other.pending_count()),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        topic_sub.count(),
+        1,
+        "the topic's own subscribers get it too"
+    );
+    let copy = &a.browse()[0];
+    assert_eq!(
+        copy.destination,
+        Destination::queue("Consumer.A.VirtualTopic.Orders")
+    );
+    assert_eq!(
+        copy.extras().original_destination,
+        Some(Destination::topic("VirtualTopic.Orders"))
+    );
+    // A queue made later gets what is sent from then on.
+    let late = broker.queue("Consumer.C.VirtualTopic.Orders");
+    target.send(Arc::new(virtual_msg("VirtualTopic.Orders", 2)));
+    assert_eq!((a.pending_count(), late.pending_count()), (2, 1));
+    // An ordinary topic is not virtual; nor is anything with the feature off.
+    assert!(matches!(
+        broker.resolve(&Destination::topic("Orders")).unwrap(),
+        Target::Topic(_)
+    ));
+    let off = Broker::new(CoreConfig {
+        virtual_topics: String::new(),
+        ..CoreConfig::default()
+    });
+    let q = off.queue("Consumer.A.VirtualTopic.Orders");
+    let t = off
+        .resolve(&Destination::topic("VirtualTopic.Orders"))
+        .unwrap();
+    assert!(matches!(t, Target::Topic(_)));
+    off.send(&t, virtual_msg("VirtualTopic.Orders", 1))
+        .await
+        .unwrap();
+    assert_eq!(q.pending_count(), 0);
 }

@@ -18,6 +18,8 @@ pub struct TopicSub {
     pub connection: u64,
     /// Only messages this selects go to the subscription.
     pub selector: Option<Arc<crate::broker::selector::Selector>>,
+    /// Who consumes (see [`crate::broker::subscription::ConsumerSpec::reader`]).
+    pub reader: Option<crate::broker::security::Subject>,
 }
 
 impl TopicSub {
@@ -31,6 +33,8 @@ impl TopicSub {
 pub struct Topic {
     destination: Destination,
     subs: RwLock<Vec<TopicSub>>,
+    /// For a virtual topic: the queues that get a copy of each message.
+    virtual_queues: RwLock<Vec<Arc<Queue>>>,
 }
 
 impl Topic {
@@ -38,6 +42,7 @@ impl Topic {
         Topic {
             destination,
             subs: RwLock::new(Vec::new()),
+            virtual_queues: RwLock::new(Vec::new()),
         }
     }
 
@@ -59,6 +64,29 @@ impl Topic {
             }
         }
         full
+    }
+
+    /// Makes a queue consume from this (virtual) topic.
+    pub fn attach_virtual(&self, queue: Arc<Queue>) {
+        let mut queues = self
+            .virtual_queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        queues.retain(|q| !q.is_deleted());
+        if !queues.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+            queues.push(queue);
+        }
+    }
+
+    /// The queues that consume from this (virtual) topic.
+    pub fn virtual_queues(&self) -> Vec<Arc<Queue>> {
+        self.virtual_queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|q| !q.is_deleted())
+            .cloned()
+            .collect()
     }
 
     /// Attaches a subscription (once: attaching it again does nothing).

@@ -826,6 +826,7 @@ impl Session {
                 outbox: self.outbox.clone(),
                 ctx: ctx.clone(),
             }),
+            reader: self.subject.clone().filter(|_| self.broker.authorizing()),
         };
         let sub = self.broker.subscribe(&destination, spec, durable)?;
         let queue = sub.queue.clone();
@@ -901,8 +902,9 @@ impl Session {
                 return Ok(t.clone());
             }
         }
-        let t = self.broker.resolve(d)?;
+        // Checked first: resolving a destination makes it.
         self.allow(d, Access::Write)?;
+        let t = self.broker.resolve(d)?;
         if self.targets.len() >= 1024 {
             self.targets.clear();
         }

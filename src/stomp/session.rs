@@ -731,6 +731,7 @@ impl Session {
                 outbox: self.outbox.clone(),
                 ctx: ctx.clone(),
             }),
+            reader: self.subject.clone().filter(|_| self.broker.authorizing()),
         };
         let sub = self
             .broker

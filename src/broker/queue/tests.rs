@@ -63,6 +63,7 @@ fn consumer(id: u64, prefetch: u32) -> (ConsumerSpec, Arc<Collect>) {
             selector: None,
             exclusive: false,
             sink: sink.clone(),
+            reader: None,
         },
         sink,
     )

@@ -190,6 +190,7 @@ public final class JmsInteropTests {
         test("producerForADeletedTemporaryQueue", JmsInteropTests::producerForADeletedTemporaryQueue);
         test("failedAsyncSendMakesTheCommitFail", JmsInteropTests::failedAsyncSendMakesTheCommitFail);
         test("jmsHeadersPreserved", JmsInteropTests::jmsHeadersPreserved);
+        test("virtualTopicQueuesEachGetEveryMessage", JmsInteropTests::virtualTopicQueuesEachGetEveryMessage);
         // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
         test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
         test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
@@ -2461,6 +2462,77 @@ public final class JmsInteropTests {
         }
     }
 
+    /**
+     * Virtual topics (on by default in ActiveMQ): every queue Consumer.NAME.VirtualTopic.X gets each
+     * message sent to topic VirtualTopic.X, its consumers competing for them; the topic's own
+     * subscribers get them too. The copies are addressed to the queue; STOMP sees the topic as
+     * original-destination.
+     */
+    static void virtualTopicQueuesEachGetEveryMessage() throws Exception {
+        String topicName = "VirtualTopic." + uniq("orders");
+        Connection c = started(connect());
+        StompClient st = stomp();
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            Queue a = s.createQueue("Consumer.A." + topicName);
+            Queue b = s.createQueue("Consumer.B." + topicName);
+            MessageConsumer a1 = s.createConsumer(a);
+            MessageConsumer a2 = c.createSession(false, Session.AUTO_ACKNOWLEDGE).createConsumer(a);
+            MessageConsumer topicSub = s.createConsumer(s.createTopic(topicName));
+            // Group B's queue is made by a consumer that then goes away.
+            s.createConsumer(b).close();
+            st.sendWithReceipt("SUBSCRIBE", headers("id", "vt", "destination", "/queue/Consumer.C." + topicName, "ack", "auto"), null, 5000);
+            MessageProducer p = s.createProducer(s.createTopic(topicName));
+            int n = 20;
+            for (int i = 0; i < n; i++) {
+                p.send(s.createTextMessage("order-" + i));
+            }
+            Set<String> groupA = new HashSet<>();
+            int fromA1 = 0;
+            long deadline = System.currentTimeMillis() + 10_000;
+            while (groupA.size() < n && System.currentTimeMillis() < deadline) {
+                TextMessage m = (TextMessage) a1.receive(50);
+                if (m != null) {
+                    fromA1++;
+                    check(groupA.add(m.getText()), "each message once in group A: " + m.getText());
+                    eq(a, m.getJMSDestination(), "JMSDestination of a copy");
+                }
+                m = (TextMessage) a2.receiveNoWait();
+                if (m != null) {
+                    check(groupA.add(m.getText()), "each message once in group A: " + m.getText());
+                }
+            }
+            eq(n, groupA.size(), "group A got every message");
+            check(fromA1 > 0 && fromA1 < n, "group A's consumers shared them: " + fromA1 + " of " + n + " on one");
+            // Group B had no consumer when they were sent: its queue kept them.
+            MessageConsumer b1 = s.createConsumer(b);
+            for (int i = 0; i < n; i++) {
+                TextMessage m = (TextMessage) b1.receive(5000);
+                check(m != null, "group B message " + i);
+                eq("order-" + i, m.getText(), "group B in order");
+            }
+            for (int i = 0; i < n; i++) {
+                TextMessage m = (TextMessage) topicSub.receive(5000);
+                check(m != null && ("order-" + i).equals(m.getText()), "topic subscriber message " + i);
+            }
+            for (int i = 0; i < n; i++) {
+                StompClient.Frame f = st.receive(5000);
+                check(f != null && "MESSAGE".equals(f.command), "STOMP group C message " + i);
+                eq("order-" + i, f.bodyText(), "STOMP body");
+                eq("/queue/Consumer.C." + topicName, f.header("destination"), "STOMP destination");
+                eq("/topic/" + topicName, f.header("original-destination"), "STOMP original-destination");
+            }
+            // No queue of that name before: a queue made now gets only what is sent from now on.
+            MessageConsumer late = s.createConsumer(s.createQueue("Consumer.D." + topicName));
+            check(late.receive(300) == null, "a new group gets nothing sent before it");
+            p.send(s.createTextMessage("after"));
+            TextMessage m = (TextMessage) late.receive(5000);
+            check(m != null && "after".equals(m.getText()), "a new group gets what is sent now");
+        } finally {
+            quietClose(c, st);
+        }
+    }
+
     /** Wrong or missing credentials: JMSSecurityException with ActiveMQ's message, nothing else works. */
     static void securityWrongCredentialsAreRefused() throws Exception {
         String[][] cases = {{"user", "wrong"}, {"nobody", "userpw"}, {null, null}};
@@ -2528,6 +2600,15 @@ public final class JmsInteropTests {
             e = expectThrows(JMSSecurityException.class, "a consumer making a READONLY queue",
                     () -> s.createConsumer(s.createQueue(readOnly)));
             eq("User user is not authorized to create: queue://" + readOnly, e.getMessage(), "create refusal");
+            // Writing to a queue nobody made yet is making it: an admin's.
+            String writeOnly = uniq("WRITEONLY.q");
+            e = expectThrows(JMSSecurityException.class, "a send making a WRITEONLY queue",
+                    () -> s.createProducer(s.createQueue(writeOnly)).send(s.createTextMessage("x")));
+            eq("User user is not authorized to create: queue://" + writeOnly, e.getMessage(), "create refusal");
+            MessageProducer anonymous = s.createProducer(null);
+            e = expectThrows(JMSSecurityException.class, "an anonymous producer's send making a WRITEONLY queue",
+                    () -> anonymous.send(s.createQueue(writeOnly), s.createTextMessage("x")));
+            eq("User user is not authorized to create: queue://" + writeOnly, e.getMessage(), "create refusal");
             // An anonymous producer is checked per message.
             MessageProducer anon = s.createProducer(null);
             e = expectThrows(JMSSecurityException.class, "an anonymous producer's send",
@@ -2539,6 +2620,11 @@ public final class JmsInteropTests {
             MessageConsumer consumer = s.createConsumer(s.createQueue(readOnly));
             TextMessage m = (TextMessage) consumer.receive(5000);
             check(m != null && "for users".equals(m.getText()), "the admin's message read by the user");
+            // Once an admin made it, the user may write to it.
+            as.createConsumer(as.createQueue(writeOnly)).close();
+            s.createProducer(s.createQueue(writeOnly)).send(s.createTextMessage("written"));
+            m = (TextMessage) as.createConsumer(as.createQueue(writeOnly)).receive(5000);
+            check(m != null && "written".equals(m.getText()), "the user's message read by the admin");
             e = expectThrows(JMSSecurityException.class, "a send to a READONLY queue",
                     () -> s.createProducer(s.createQueue(readOnly)).send(s.createTextMessage("x")));
             eq("User user is not authorized to write to: queue://" + readOnly, e.getMessage(), "write refusal");
