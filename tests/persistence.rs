@@ -1035,3 +1035,42 @@ async fn a_durable_subscription_that_cannot_be_confirmed_is_not_left_attached() 
     c.send(&durable("b", "r2")).await;
     c.expect_receipt("r2").await;
 }
+
+/// Queues are remembered across restarts, empty or not (as ActiveMQ's store
+/// remembers its destinations): a virtual topic's consumer queue goes on
+/// getting copies while its consumers are away, even over a restart.
+#[tokio::test]
+async fn a_virtual_topic_consumer_queue_outlives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/Consumer.A.VirtualTopic.orders", "auto", &[])
+        .await;
+    c.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    assert!(b
+        .broker
+        .find_queue("Consumer.A.VirtualTopic.orders")
+        .is_some());
+    let mut p = b.connect("1.2").await;
+    p.send(&persistent("/topic/VirtualTopic.orders", "o1", "r1"))
+        .await;
+    p.expect_receipt("r1").await;
+    p.disconnect().await;
+    b.stop().await;
+
+    // The copy was stored for the queue: it is there after another restart.
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/Consumer.A.VirtualTopic.orders", "auto", &[])
+        .await;
+    let m = c.expect_message().await;
+    assert_eq!(body(&m), "o1");
+    assert_eq!(
+        m.header("original-destination").map(|v| v.as_str()),
+        Some("/topic/VirtualTopic.orders")
+    );
+    b.stop().await;
+}

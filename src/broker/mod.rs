@@ -342,6 +342,12 @@ impl Broker {
     /// The queue for a destination (a queue or a temporary queue), made with
     /// that destination's kind.
     fn queue_of(&self, destination: &Destination) -> Arc<Queue> {
+        self.make_queue(destination, true)
+    }
+
+    /// The queue for a destination, made if need be; a queue made is
+    /// recorded in the store (`record`) unless it is temporary.
+    fn make_queue(&self, destination: &Destination, record: bool) -> Arc<Queue> {
         let name: &str = &destination.name;
         if let Some(q) = self.queues.get(name) {
             return q.clone();
@@ -363,6 +369,13 @@ impl Broker {
             })
             .clone();
         if created && destination.kind == DestinationKind::Queue {
+            if let (Some(store), true) = (&self.store, record) {
+                // Not awaited: a restart before it is durable forgets only
+                // that the queue was made (as if it had not been).
+                store.submit(vec![Op::QueueAdd {
+                    name: destination.name.clone(),
+                }]);
+            }
             if let Some(topic) = self.virtual_topic_of(name) {
                 // From now on it gets a copy of what the topic is sent.
                 self.topic(topic).attach_virtual(queue.clone());
@@ -1444,6 +1457,10 @@ impl Broker {
             self.durables
                 .insert((sub.client_id.clone(), sub.name.clone()), d.clone());
             by_store_id.insert(sub.sub, d);
+        }
+        // The queues made before, messages or not (recorded already).
+        for d in &recovered.queues {
+            self.make_queue(d, false);
         }
         let mut queued: std::collections::HashMap<Arc<str>, Vec<u64>> = Default::default();
         for (destination, id) in recovered.queued {

@@ -135,6 +135,12 @@ pub enum Op {
     SubRemove {
         sub: u64,
     },
+    /// A queue was made: it exists after a restart, empty or not (as
+    /// ActiveMQ's store remembers its destinations; a virtual topic's
+    /// consumer queue must go on getting copies).
+    QueueAdd {
+        name: Arc<str>,
+    },
 }
 
 mod kind {
@@ -144,6 +150,7 @@ mod kind {
     pub const SUB_ADD: u8 = 4;
     pub const SUB_REMOVE: u8 = 5;
     pub const TX: u8 = 6;
+    pub const QUEUE_ADD: u8 = 7;
 }
 
 fn encode_op(op: &Op, out: &mut Vec<u8>) -> u8 {
@@ -194,6 +201,10 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) -> u8 {
             out.put_u64_le(*sub);
             kind::SUB_REMOVE
         }
+        Op::QueueAdd { name } => {
+            put_bytes(out, name.as_bytes());
+            kind::QUEUE_ADD
+        }
     }
 }
 
@@ -235,6 +246,9 @@ fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
             },
         },
         kind::SUB_REMOVE => Op::SubRemove { sub: c.u64()? },
+        kind::QUEUE_ADD => Op::QueueAdd {
+            name: Arc::from(c.str()?.as_str()),
+        },
         _ => return Err(codec::DecodeError("record kind")),
     })
 }
@@ -342,6 +356,8 @@ pub struct Recovered {
     /// [`Store::read_messages`]): (queue, store id), highest priority first,
     /// oldest first within a priority.
     pub queued: Vec<(Destination, u64)>,
+    /// Every queue made (QueueAdd), with messages or not.
+    pub queues: Vec<Destination>,
     pub took: Duration,
 }
 
@@ -359,6 +375,8 @@ struct Live {
 struct Index {
     messages: IdMap<Live>,
     subs: IdMap<Location>,
+    /// The queues made, and where each one's QueueAdd is.
+    queues: HashMap<Arc<str>, Location>,
     live_per_segment: BTreeMap<u64, usize>,
     /// Records written to each segment (live or not): compaction is worth it
     /// only where few of them are still live.
@@ -422,6 +440,12 @@ impl Index {
             }
             Op::SubAdd { sub, .. } => {
                 if let Some(old) = self.subs.insert(*sub, at) {
+                    self.live(old.segment, -1);
+                }
+                self.live(at.segment, 1);
+            }
+            Op::QueueAdd { name } => {
+                if let Some(old) = self.queues.insert(name.clone(), at) {
                     self.live(old.segment, -1);
                 }
                 self.live(at.segment, 1);
@@ -1051,6 +1075,14 @@ impl Replay {
             located.into_iter().partition(|(_, d, _)| d.is_queue());
         let recovered = Recovered {
             queued: queued.into_iter().map(|(id, d, _)| (d, id)).collect(),
+            queues: {
+                let mut names: Vec<&Arc<str>> = index.queues.keys().collect();
+                names.sort();
+                names
+                    .into_iter()
+                    .map(|n| Destination::queue(n.clone()))
+                    .collect()
+            },
             subs: subs.into_values().collect(),
             owed: owed
                 .into_iter()
@@ -1552,6 +1584,12 @@ impl Writer {
             .filter(|(_, at)| at.segment == seg)
             .map(|(s, _)| *s)
             .collect();
+        let queues: Vec<(Arc<str>, Location)> = index
+            .queues
+            .iter()
+            .filter(|(_, at)| at.segment == seg)
+            .map(|(n, at)| (n.clone(), *at))
+            .collect();
         let mut copied: Vec<(Op, Location)> = Vec::new();
         let mut scratch = Vec::new();
         // A transaction's record holds many messages: decoded once.
@@ -1615,6 +1653,14 @@ impl Writer {
                     copied.push((op, new_at));
                 }
             }
+        }
+        for (name, _) in queues {
+            // Its record holds nothing else: written afresh.
+            let op = Op::QueueAdd { name };
+            scratch.clear();
+            let k = encode_op(&op, &mut scratch);
+            let new_at = self.journal.append_copy(k, &scratch)?;
+            copied.push((op, new_at));
         }
         self.journal.flush()?;
         self.journal.sync()?;

@@ -783,3 +783,44 @@ fn holds_stop_while_acks_come_too_late() {
     assert_eq!(skipped as u32, HoldPolicy::MIN_BACKOFF);
     assert!(!HoldPolicy::new(Duration::ZERO).enabled());
 }
+
+#[test]
+fn made_queues_are_remembered_through_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let body = "x".repeat(2000);
+    rt().block_on(async {
+        let (store, r) = Store::open(config(dir.path())).unwrap();
+        assert!(r.queues.is_empty());
+        store
+            .write(vec![Op::QueueAdd {
+                name: Arc::from("Consumer.A.VirtualTopic.x"),
+            }])
+            .await
+            .unwrap();
+        store
+            .write(vec![Op::QueueAdd {
+                name: Arc::from("b"),
+            }])
+            .await
+            .unwrap();
+        // Enough traffic after them that their segment is compacted away.
+        for _ in 0..300 {
+            let op = add(&store, &q, &body, vec![]);
+            let id = add_id(&op);
+            store.write(vec![op]).await.unwrap();
+            store.write(vec![Op::Remove { id }]).await.unwrap();
+        }
+        assert!(store.stats().compactions.load(Ordering::Relaxed) > 0);
+        assert!(std::fs::read_dir(dir.path()).unwrap().count() <= 6);
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(
+        r.queues,
+        [
+            Destination::queue("Consumer.A.VirtualTopic.x"),
+            Destination::queue("b")
+        ]
+    );
+}
