@@ -907,6 +907,7 @@ impl Queue {
                 if only.is_some_and(|o| o != i) {
                     continue;
                 }
+                let group_first = matches!((&group, owner), (Some(_), None));
                 if let (Some(g), None) = (&group, owner) {
                     // Bounded, as ActiveMQ's group map: past the cap, groups
                     // are assigned afresh.
@@ -924,6 +925,7 @@ impl Queue {
                     consumer: slot.spec.id,
                     seq,
                     redelivery_count: entry.redelivery_count,
+                    group_first,
                 };
                 if slot.spec.sink.deliver(delivery) {
                     slot.next_seq += 1;

@@ -17,6 +17,9 @@ pub struct Delivery {
     pub seq: u64,
     /// How many times this message was handed out before and came back.
     pub redelivery_count: u32,
+    /// The first message of a message group since the group was given to
+    /// this consumer (ActiveMQ's JMSXGroupFirstForConsumer).
+    pub group_first: bool,
 }
 
 impl Delivery {

@@ -427,6 +427,7 @@ pub fn encode_delivery(
     consumer_id: &Value,
     m: &Message,
     redelivery_count: u32,
+    group_first: bool,
     broker_seq: u64,
     now: i64,
     memo: &mut ValueMemo,
@@ -482,6 +483,7 @@ pub fn encode_delivery(
         redelivery_counter: redelivery_count as i32,
         broker_in_time: m.timestamp,
         broker_out_time: now,
+        group_first,
     };
     let result = writer.encode_dispatch(consumer_id, &destination, &fields, out);
     if props.capacity() <= 64 * 1024 {
@@ -873,8 +875,18 @@ mod tests {
                             .with("redeliveryCounter", Value::Int(2));
                         let (mut a, mut b) = (Vec::new(), Vec::new());
                         generic.encode(&s, &mut a).unwrap();
-                        encode_delivery(&mut fast, &consumer, m, 2, seq, 99, &mut memo_f, &mut b)
-                            .unwrap();
+                        encode_delivery(
+                            &mut fast,
+                            &consumer,
+                            m,
+                            2,
+                            false,
+                            seq,
+                            99,
+                            &mut memo_f,
+                            &mut b,
+                        )
+                        .unwrap();
                         assert_eq!(
                             a, b,
                             "message {i}, version {version}, tight {tight}, cache {cache}"

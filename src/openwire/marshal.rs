@@ -1057,6 +1057,7 @@ pub struct MessageFields<'a> {
     pub redelivery_counter: i32,
     pub broker_in_time: i64,
     pub broker_out_time: i64,
+    pub group_first: bool,
 }
 
 /// Encodes a MessageDispatch of a message straight from its fields, with
@@ -1235,6 +1236,7 @@ impl Encoder<'_> {
                 schema::msg::REDELIVERY_COUNTER => self.data.put_i32(m.redelivery_counter),
                 schema::msg::BROKER_IN_TIME => self.long(m.broker_in_time),
                 schema::msg::BROKER_OUT_TIME => self.long(m.broker_out_time),
+                schema::msg::GROUP_FIRST_FOR_CONSUMER => self.flag(m.group_first),
                 _ => self.field(f.enc, &Value::default_for(f.enc))?,
             }
         }

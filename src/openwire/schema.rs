@@ -190,6 +190,7 @@ pub mod msg {
     pub const USER_ID: usize = 25;
     pub const BROKER_IN_TIME: usize = 29;
     pub const BROKER_OUT_TIME: usize = 30;
+    pub const GROUP_FIRST_FOR_CONSUMER: usize = 31;
 }
 
 static MESSAGE: &[Field] = message_fields![];

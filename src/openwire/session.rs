@@ -1623,6 +1623,7 @@ async fn writer(
                     &ctx.id_value,
                     &delivery.message,
                     delivery.redelivery_count,
+                    delivery.group_first,
                     wire_seq(ctx.tag, delivery.seq),
                     now,
                     &mut memo,

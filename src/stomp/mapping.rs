@@ -440,6 +440,7 @@ mod tests {
             consumer: 5,
             seq: 11,
             redelivery_count: 1,
+            group_first: false,
         };
         let mut out = BytesMut::new();
         let big = encode_message(
@@ -573,6 +574,7 @@ mod tests {
                     consumer: 42,
                     seq: 1234567,
                     redelivery_count,
+                    group_first: false,
                 };
                 for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
                     for ack in [AckMode::Auto, AckMode::Client, AckMode::ClientIndividual] {

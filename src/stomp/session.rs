@@ -842,6 +842,7 @@ impl Session {
                 consumer: 0,
                 seq: i as u64 + 1,
                 redelivery_count: 0,
+                group_first: false,
             };
             let mut out = BytesMut::new();
             if let Some(body) = encode_message(

@@ -25,6 +25,20 @@ impl Collect {
     fn take(&self) -> Vec<Delivery> {
         std::mem::take(&mut *self.got.lock().unwrap())
     }
+    /// The bodies, `*` after those first of their group for the consumer.
+    fn flagged(&self) -> Vec<String> {
+        self.take()
+            .iter()
+            .map(|d| {
+                let body = String::from_utf8_lossy(&d.message.body);
+                if d.group_first {
+                    format!("{body}*")
+                } else {
+                    body.into_owned()
+                }
+            })
+            .collect()
+    }
     fn bodies(&self) -> Vec<String> {
         self.take()
             .iter()
@@ -422,13 +436,18 @@ fn a_group_sequence_restarts_and_closes_a_group() {
     // Closed by its last message: the next one goes round robin, to 2.
     send(2, "g", -1);
     send(3, "g", 0);
-    assert_eq!(sa.bodies(), ["g0", "g1", "g2"]);
-    assert_eq!(sb.bodies(), ["g3"], "the closed group was assigned afresh");
+    // The first of a group for its consumer says so (JMSXGroupFirstForConsumer).
+    assert_eq!(sa.flagged(), ["g0*", "g1", "g2"]);
+    assert_eq!(
+        sb.flagged(),
+        ["g3*"],
+        "the closed group was assigned afresh"
+    );
     // Sequence 1 starts it afresh even though 2 owns it: round robin gives
     // it to 1, and the rest follows.
     send(4, "g", 1);
     send(5, "g", 0);
-    assert_eq!(sa.bodies(), ["g4", "g5"]);
+    assert_eq!(sa.flagged(), ["g4*", "g5"]);
 }
 
 /// A durable subscription's paged message whose record is no longer in the

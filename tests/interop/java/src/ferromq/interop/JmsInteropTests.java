@@ -191,6 +191,7 @@ public final class JmsInteropTests {
         test("failedAsyncSendMakesTheCommitFail", JmsInteropTests::failedAsyncSendMakesTheCommitFail);
         test("jmsHeadersPreserved", JmsInteropTests::jmsHeadersPreserved);
         test("virtualTopicQueuesEachGetEveryMessage", JmsInteropTests::virtualTopicQueuesEachGetEveryMessage);
+        test("messageGroupsStickAndFlagTheirFirstMessage", JmsInteropTests::messageGroupsStickAndFlagTheirFirstMessage);
         // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
         test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
         test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
@@ -2530,6 +2531,63 @@ public final class JmsInteropTests {
             check(m != null && "after".equals(m.getText()), "a new group gets what is sent now");
         } finally {
             quietClose(c, st);
+        }
+    }
+
+    /**
+     * Message groups: every message of a group goes to the consumer the group was given to, and the
+     * first one it gets says so (JMSXGroupFirstForConsumer); when that consumer goes, the group goes
+     * to another, whose first message of it says so too.
+     */
+    static void messageGroupsStickAndFlagTheirFirstMessage() throws Exception {
+        String q = uniq("groups");
+        Connection c = started(connect());
+        try {
+            Session s1 = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            Session s2 = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer[] consumers = {s1.createConsumer(s1.createQueue(q)), s2.createConsumer(s2.createQueue(q))};
+            Session ps = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = ps.createProducer(ps.createQueue(q));
+            for (int i = 0; i < 3; i++) {
+                for (String g : new String[] {"G1", "G2"}) {
+                    TextMessage m = ps.createTextMessage(g + "-" + i);
+                    m.setStringProperty("JMSXGroupID", g);
+                    p.send(m);
+                }
+            }
+            Map<String, Integer> owner = new HashMap<>();
+            Map<String, List<Boolean>> firsts = new HashMap<>();
+            int got = 0;
+            long deadline = System.currentTimeMillis() + 10_000;
+            while (got < 6 && System.currentTimeMillis() < deadline) {
+                for (int k = 0; k < 2; k++) {
+                    Message m = consumers[k].receive(20);
+                    if (m == null) {
+                        continue;
+                    }
+                    got++;
+                    String g = m.getStringProperty("JMSXGroupID");
+                    Integer before = owner.putIfAbsent(g, k);
+                    check(before == null || before == k, g + " went to both consumers");
+                    firsts.computeIfAbsent(g, x -> new ArrayList<>())
+                            .add(m.getBooleanProperty("JMSXGroupFirstForConsumer"));
+                }
+            }
+            eq(6, got, "messages received");
+            for (String g : new String[] {"G1", "G2"}) {
+                eq(Arrays.asList(true, false, false), firsts.get(g), g + ": JMSXGroupFirstForConsumer");
+            }
+            int gone = owner.get("G1");
+            consumers[gone].close();
+            TextMessage m = ps.createTextMessage("G1-3");
+            m.setStringProperty("JMSXGroupID", "G1");
+            p.send(m);
+            Message next = consumers[1 - gone].receive(5000);
+            check(next != null, "G1 goes on at the other consumer");
+            eq("G1-3", ((TextMessage) next).getText(), "body");
+            check(next.getBooleanProperty("JMSXGroupFirstForConsumer"), "the other consumer's first of G1 says so");
+        } finally {
+            quietClose(c);
         }
     }
 
