@@ -127,6 +127,17 @@ impl Target {
         }
     }
 
+    /// How many copies of a message sent through it are kept (a composite's
+    /// elements, a virtual topic's queues and itself): what a transaction
+    /// holding it counts.
+    pub fn copies(&self) -> usize {
+        match self {
+            Target::Queue(_) | Target::Topic(_) => 1,
+            Target::Many(all) => all.iter().map(Target::copies).sum(),
+            Target::Virtual(t) => 1 + t.virtual_queues().len(),
+        }
+    }
+
     /// False once a temporary queue behind it was deleted.
     pub fn is_live(&self) -> bool {
         match self {
@@ -147,6 +158,7 @@ pub fn each_element(target: &Target, message: Message) -> Vec<(Target, Message)>
     let all = match target {
         Target::Many(all) => all,
         Target::Virtual(topic) => {
+            // The queues first, then the topic, as ActiveMQ.
             let queues = topic.virtual_queues();
             let mut out = Vec::with_capacity(queues.len() + 1);
             for q in queues {
@@ -155,7 +167,7 @@ pub fn each_element(target: &Target, message: Message) -> Vec<(Target, Message)>
                 copy.extras_mut().original_destination = Some(message.destination.clone());
                 out.push((Target::Queue(q), copy));
             }
-            out.insert(0, (Target::Topic(topic.clone()), message));
+            out.push((Target::Topic(topic.clone()), message));
             return out;
         }
         _ => return vec![(target.clone(), message)],
@@ -359,26 +371,37 @@ impl Broker {
             .or_insert_with(|| {
                 tracing::debug!(queue = name, "queue created");
                 created = true;
-                Arc::new(Queue::new(
+                let queue = Arc::new(Queue::new(
                     destination.clone(),
                     self.config.destination_memory_limit,
                     true,
                     self.me.clone(),
                     self.persistence(None),
-                ))
+                ));
+                if destination.kind == DestinationKind::Queue {
+                    if let Some(topic) = self.virtual_topic_of(name) {
+                        // From now on it gets a copy of what the topic is
+                        // sent. (Attached before anyone else can have the
+                        // queue: `topic` touches only the topics.)
+                        self.topic(topic).attach_virtual(queue.clone());
+                    }
+                }
+                queue
             })
             .clone();
-        if created && destination.kind == DestinationKind::Queue {
-            if let (Some(store), true) = (&self.store, record) {
+        // A wildcard or composite name is no queue of its own to remember.
+        if created
+            && record
+            && destination.kind == DestinationKind::Queue
+            && !is_wildcard(name)
+            && !name.contains(',')
+        {
+            if let Some(store) = &self.store {
                 // Not awaited: a restart before it is durable forgets only
                 // that the queue was made (as if it had not been).
                 store.submit(vec![Op::QueueAdd {
                     name: destination.name.clone(),
                 }]);
-            }
-            if let Some(topic) = self.virtual_topic_of(name) {
-                // From now on it gets a copy of what the topic is sent.
-                self.topic(topic).attach_virtual(queue.clone());
             }
         }
         queue
@@ -409,7 +432,7 @@ impl Broker {
             }
             rest = tail;
         }
-        (!rest.is_empty() && self.is_virtual_topic(rest)).then_some(rest)
+        (!rest.is_empty() && !is_wildcard(rest) && self.is_virtual_topic(rest)).then_some(rest)
     }
 
     pub fn topic(&self, name: &str) -> Arc<Topic> {

@@ -265,6 +265,7 @@ async fn virtual_topics_copy_each_message_to_their_consumer_queues() {
         "Consumer.VirtualTopic.X",
         "Other.A.VirtualTopic.X",
         "Consumer.A.",
+        "Consumer.A.VirtualTopic.>",
     ] {
         assert_eq!(broker.virtual_topic_of(not), None, "{not}");
     }
@@ -279,6 +280,11 @@ async fn virtual_topics_copy_each_message_to_their_consumer_queues() {
         .resolve(&Destination::topic("VirtualTopic.Orders"))
         .unwrap();
     assert!(matches!(target, Target::Virtual(_)));
+    assert_eq!(
+        target.copies(),
+        3,
+        "two queues and the topic: what a transaction counts"
+    );
     broker
         .send(&target, virtual_msg("VirtualTopic.Orders", 1))
         .await

@@ -946,7 +946,8 @@ impl Session {
                     format!("Transaction '{key}' has not been started."),
                 )
             })?;
-            t.bytes += message.memory_size();
+            // Every copy it will make counts (a virtual topic's queues...).
+            t.bytes += message.memory_size() * target.copies();
             if t.bytes > limit {
                 return Err(JmsError::new(
                     "javax.jms.ResourceAllocationException",

@@ -613,7 +613,8 @@ impl Session {
         if let Some(tx) = tx {
             let limit = self.settings.max_transaction_bytes;
             let t = self.txs.get_mut(&tx).expect("checked above");
-            t.bytes += message.memory_size();
+            // Every copy it will make counts (a virtual topic's queues...).
+            t.bytes += message.memory_size() * target.copies();
             if t.bytes > limit {
                 return Err(ProtocolError::soft(format!(
                     "Transaction {tx} is over its size limit of {limit} bytes"

@@ -378,6 +378,11 @@ struct Index {
     /// The queues made, and where each one's QueueAdd is.
     queues: HashMap<Arc<str>, Location>,
     live_per_segment: BTreeMap<u64, usize>,
+    /// Of those, the durable subscriptions' and queues' records (SubAdd,
+    /// QueueAdd): small and never consumed, they are always worth copying
+    /// forward (counted as live, a segment where many gathered would never
+    /// be compacted, nor any segment after it deleted).
+    meta_per_segment: BTreeMap<u64, usize>,
     /// Records written to each segment (live or not): compaction is worth it
     /// only where few of them are still live.
     records_per_segment: BTreeMap<u64, usize>,
@@ -400,6 +405,13 @@ impl Index {
 
     fn live(&mut self, seg: u64, delta: isize) {
         let e = self.live_per_segment.entry(seg).or_insert(0);
+        *e = (*e as isize + delta).max(0) as usize;
+    }
+
+    /// A live SubAdd or QueueAdd comes (`delta` 1) or goes (-1).
+    fn meta(&mut self, seg: u64, delta: isize) {
+        self.live(seg, delta);
+        let e = self.meta_per_segment.entry(seg).or_insert(0);
         *e = (*e as isize + delta).max(0) as usize;
     }
 
@@ -440,19 +452,19 @@ impl Index {
             }
             Op::SubAdd { sub, .. } => {
                 if let Some(old) = self.subs.insert(*sub, at) {
-                    self.live(old.segment, -1);
+                    self.meta(old.segment, -1);
                 }
-                self.live(at.segment, 1);
+                self.meta(at.segment, 1);
             }
             Op::QueueAdd { name } => {
                 if let Some(old) = self.queues.insert(name.clone(), at) {
-                    self.live(old.segment, -1);
+                    self.meta(old.segment, -1);
                 }
-                self.live(at.segment, 1);
+                self.meta(at.segment, 1);
             }
             Op::SubRemove { sub } => {
                 if let Some(old) = self.subs.remove(sub) {
-                    self.live(old.segment, -1);
+                    self.meta(old.segment, -1);
                 }
                 let mut emptied = Vec::new();
                 for (id, l) in self.messages.iter_mut() {
@@ -1527,11 +1539,13 @@ impl Writer {
             let live = index.live_per_segment.get(&oldest).copied().unwrap_or(0);
             if live > 0 {
                 let records = index.records_per_segment.get(&oldest).copied().unwrap_or(0);
+                let meta = index.meta_per_segment.get(&oldest).copied().unwrap_or(0);
                 // Only a segment where at most a quarter of the records are
-                // still live is worth copying forward; otherwise it would be
-                // rewritten again and again.
+                // still live messages is worth copying forward; otherwise it
+                // would be rewritten again and again. (Subscription and queue
+                // records always are: they are small, and never go.)
                 if self.journal.segments().len() > self.config.compact_after_segments
-                    && live * 4 <= records
+                    && (live - meta.min(live)) * 4 <= records - meta.min(records)
                 {
                     let mark = self.journal.mark();
                     if let Err(e) = self.compact(index, oldest) {
@@ -1550,6 +1564,7 @@ impl Writer {
                 Ok(()) => {
                     index.live_per_segment.remove(&oldest);
                     index.records_per_segment.remove(&oldest);
+                    index.meta_per_segment.remove(&oldest);
                     self.shared
                         .stats
                         .segments_deleted

@@ -824,3 +824,34 @@ fn made_queues_are_remembered_through_compaction() {
         ]
     );
 }
+
+/// Queue records never go: where many gathered, their segment must still be
+/// compacted (and every segment after it deleted).
+#[test]
+fn many_queue_records_do_not_stop_segments_being_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Destination::queue("q");
+    let body = "x".repeat(2000);
+    rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        for i in 0..400 {
+            store.submit(vec![Op::QueueAdd {
+                name: Arc::from(format!("queue-{i}")),
+            }]);
+        }
+        for _ in 0..600 {
+            let op = add(&store, &q, &body, vec![]);
+            let id = add_id(&op);
+            store.write(vec![op]).await.unwrap();
+            store.write(vec![Op::Remove { id }]).await.unwrap();
+        }
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(
+            segments <= 6,
+            "{segments} segments: old ones must be deleted"
+        );
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(r.queues.len(), 400);
+}
