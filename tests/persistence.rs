@@ -1074,3 +1074,39 @@ async fn a_virtual_topic_consumer_queue_outlives_a_restart() {
     );
     b.stop().await;
 }
+
+/// A deleted queue (ActiveMQ's destroyDestination) is gone after a restart,
+/// its persistent messages with it.
+#[tokio::test]
+async fn a_deleted_queue_and_its_messages_stay_deleted_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    let mut p = b.connect("1.2").await;
+    for i in 0..3 {
+        p.send(&persistent(
+            "/queue/gone",
+            &format!("g{i}"),
+            &format!("r{i}"),
+        ))
+        .await;
+        p.expect_receipt(&format!("r{i}")).await;
+    }
+    p.send(&persistent("/queue/kept", "k", "rk")).await;
+    p.expect_receipt("rk").await;
+    let gone = ferromq::broker::destination::Destination::queue("gone");
+    b.broker.delete_queue(&gone).unwrap();
+    assert!(b.broker.find_queue("gone").is_none());
+    b.broker.sync().await.unwrap();
+    p.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::start_in(dir.path(), |_| {}).await;
+    assert!(b.broker.find_queue("gone").is_none(), "not made again");
+    assert!(b.broker.find_queue("kept").is_some());
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/gone", "auto", &[]).await;
+    assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
+    c.subscribe("k", "/queue/kept", "auto", &[]).await;
+    assert_eq!(body(&c.expect_message().await), "k");
+    b.stop().await;
+}

@@ -407,6 +407,31 @@ impl Broker {
         queue
     }
 
+    /// Deletes a queue and its messages (ActiveMQ's removeDestination, JMS
+    /// `ActiveMQConnection.destroyDestination`); refused while it has
+    /// consumers. Deleting one that does not exist does nothing.
+    pub fn delete_queue(&self, destination: &Destination) -> Result<(), BrokerError> {
+        let Some(queue) = self.find_queue(&destination.name) else {
+            return Ok(());
+        };
+        if let Some(c) = queue.consumer_names().first() {
+            return Err(BrokerError::Invalid(format!(
+                "Destination: {destination} still has an active subscription: {}:{}:{}",
+                c.connection_id, c.session, c.value
+            )));
+        }
+        self.queues.remove(&*destination.name);
+        queue.mark_deleted();
+        queue.purge();
+        if let Some(store) = &self.store {
+            store.submit(vec![Op::QueueRemove {
+                name: destination.name.clone(),
+            }]);
+        }
+        tracing::debug!(queue = %destination.name, "queue deleted");
+        Ok(())
+    }
+
     /// Whether a topic of this name is a virtual topic.
     pub fn is_virtual_topic(&self, name: &str) -> bool {
         let pattern = &self.config.virtual_topics;

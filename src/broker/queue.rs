@@ -731,14 +731,17 @@ impl Queue {
     pub fn purge(&self) {
         let (freed, paged) = {
             let mut st = self.lock();
-            let freed = st.pending.drain(..).map(|e| e.message.memory_size()).sum();
+            let mut removals = Vec::new();
+            let mut freed = 0;
+            for e in st.pending.drain(..) {
+                freed += e.message.memory_size();
+                if e.message.store_id != 0 {
+                    removals.push(self.removal_of(e.message.store_id));
+                }
+            }
             st.unselected = 0;
-            let paged: Vec<Op> = st
-                .paged
-                .drain(..)
-                .map(|p| self.removal_of(p.store_id))
-                .collect();
-            (freed, paged)
+            removals.extend(st.paged.drain(..).map(|p| self.removal_of(p.store_id)));
+            (freed, removals)
         };
         self.release(freed);
         if let (Some(store), false) = (&self.store, paged.is_empty()) {

@@ -1427,6 +1427,9 @@ impl Session {
             }
         } else if add {
             self.broker.target(&destination);
+        } else if destination.kind == crate::broker::destination::DestinationKind::Queue {
+            self.broker.delete_queue(&destination)?;
+            self.targets.remove(&destination);
         }
         Ok(Reply::Done)
     }

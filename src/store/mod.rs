@@ -141,6 +141,10 @@ pub enum Op {
     QueueAdd {
         name: Arc<str>,
     },
+    /// A queue was deleted (its messages are removed apart).
+    QueueRemove {
+        name: Arc<str>,
+    },
 }
 
 mod kind {
@@ -151,6 +155,7 @@ mod kind {
     pub const SUB_REMOVE: u8 = 5;
     pub const TX: u8 = 6;
     pub const QUEUE_ADD: u8 = 7;
+    pub const QUEUE_REMOVE: u8 = 8;
 }
 
 fn encode_op(op: &Op, out: &mut Vec<u8>) -> u8 {
@@ -205,6 +210,10 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) -> u8 {
             put_bytes(out, name.as_bytes());
             kind::QUEUE_ADD
         }
+        Op::QueueRemove { name } => {
+            put_bytes(out, name.as_bytes());
+            kind::QUEUE_REMOVE
+        }
     }
 }
 
@@ -247,6 +256,9 @@ fn decode_op(kind: u8, payload: &Bytes) -> Result<Op, codec::DecodeError> {
         },
         kind::SUB_REMOVE => Op::SubRemove { sub: c.u64()? },
         kind::QUEUE_ADD => Op::QueueAdd {
+            name: Arc::from(c.str()?.as_str()),
+        },
+        kind::QUEUE_REMOVE => Op::QueueRemove {
             name: Arc::from(c.str()?.as_str()),
         },
         _ => return Err(codec::DecodeError("record kind")),
@@ -461,6 +473,11 @@ impl Index {
                     self.meta(old.segment, -1);
                 }
                 self.meta(at.segment, 1);
+            }
+            Op::QueueRemove { name } => {
+                if let Some(old) = self.queues.remove(name) {
+                    self.meta(old.segment, -1);
+                }
             }
             Op::SubRemove { sub } => {
                 if let Some(old) = self.subs.remove(sub) {

@@ -192,6 +192,7 @@ public final class JmsInteropTests {
         test("jmsHeadersPreserved", JmsInteropTests::jmsHeadersPreserved);
         test("virtualTopicQueuesEachGetEveryMessage", JmsInteropTests::virtualTopicQueuesEachGetEveryMessage);
         test("messageGroupsStickAndFlagTheirFirstMessage", JmsInteropTests::messageGroupsStickAndFlagTheirFirstMessage);
+        test("destroyDestinationDeletesAQueue", JmsInteropTests::destroyDestinationDeletesAQueue);
         // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
         test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
         test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
@@ -2586,6 +2587,38 @@ public final class JmsInteropTests {
             check(next != null, "G1 goes on at the other consumer");
             eq("G1-3", ((TextMessage) next).getText(), "body");
             check(next.getBooleanProperty("JMSXGroupFirstForConsumer"), "the other consumer's first of G1 says so");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /**
+     * ActiveMQConnection.destroyDestination deletes a queue and its messages; it is refused while the
+     * queue has a consumer.
+     */
+    static void destroyDestinationDeletesAQueue() throws Exception {
+        String q = uniq("doomed");
+        ActiveMQConnection c = (ActiveMQConnection) started(connect());
+        try {
+            Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+            org.apache.activemq.command.ActiveMQQueue queue = new org.apache.activemq.command.ActiveMQQueue(q);
+            MessageProducer p = s.createProducer(queue);
+            for (int i = 0; i < 3; i++) {
+                p.send(s.createTextMessage("m" + i));
+            }
+            MessageConsumer consumer = s.createConsumer(queue);
+            check(consumer.receive(5000) != null, "a message before the delete");
+            JMSException e = expectThrows(JMSException.class, "deleting a queue with a consumer",
+                    () -> c.destroyDestination(queue));
+            check(e.getMessage().startsWith("Destination: queue://" + q + " still has an active subscription"),
+                    "refusal: " + e.getMessage());
+            consumer.close();
+            c.destroyDestination(queue);
+            MessageConsumer after = s.createConsumer(queue);
+            check(after.receive(1000) == null, "the deleted queue's messages are gone");
+            p.send(s.createTextMessage("new"));
+            Message m = after.receive(5000);
+            check(m != null && "new".equals(((TextMessage) m).getText()), "the queue is made again by a send");
         } finally {
             quietClose(c);
         }
