@@ -91,28 +91,21 @@ async fn stomp_wrong_credentials_get_an_error_and_the_connection_closes() {
 async fn stomp_sends_and_subscriptions_are_checked() {
     let b = secured().await;
     let mut u = Client::connect(b.stomp, "1.2", &[("login", "user"), ("passcode", "userpw")]).await;
-    refused_send(&mut u, "/queue/ADMIN.q", "s1").await;
-    let e = u.expect_error().await;
-    assert_eq!(
-        e.header("message").map(|m| m.as_str()),
-        Some("User user is not authorized to write to: queue://ADMIN.q")
-    );
-    assert_eq!(e.header("receipt-id").map(|m| m.as_str()), Some("s1"));
-    // Reading a queue no one made yet is creating it: an admin's.
-    u.send(&frame(
-        Command::Subscribe,
-        &[
-            ("destination", "/queue/READONLY.a"),
-            ("id", "1"),
-            ("receipt", "r1"),
-        ],
-    ))
+    refused(
+        &mut u,
+        Command::Send,
+        "/queue/ADMIN.q",
+        "User user is not authorized to write to: queue://ADMIN.q",
+    )
     .await;
-    let e = u.expect_error().await;
-    assert_eq!(
-        e.header("message").map(|m| m.as_str()),
-        Some("User user is not authorized to create: queue://READONLY.a")
-    );
+    // Reading a queue no one made yet is creating it: an admin's.
+    refused(
+        &mut u,
+        Command::Subscribe,
+        "/queue/READONLY.a",
+        "User user is not authorized to create: queue://READONLY.a",
+    )
+    .await;
     assert!(b.broker.find_queue("READONLY.a").is_none(), "nothing made");
     // Once the admin made it, the user reads it, but never writes to it.
     let mut a = Client::connect(
@@ -125,19 +118,21 @@ async fn stomp_sends_and_subscriptions_are_checked() {
         .await;
     u.subscribe("2", "/queue/READONLY.a", "auto", &[]).await;
     assert_eq!(common::body(&u.expect_message().await), "from the admin");
-    refused_send(&mut u, "/queue/READONLY.a", "s2").await;
-    let e = u.expect_error().await;
-    assert_eq!(
-        e.header("message").map(|m| m.as_str()),
-        Some("User user is not authorized to write to: queue://READONLY.a")
-    );
+    refused(
+        &mut u,
+        Command::Send,
+        "/queue/READONLY.a",
+        "User user is not authorized to write to: queue://READONLY.a",
+    )
+    .await;
     // A composite is checked element by element: nothing of it is sent.
-    refused_send(&mut u, "/queue/USERS.a,/queue/ADMIN.b", "s3").await;
-    let e = u.expect_error().await;
-    assert_eq!(
-        e.header("message").map(|m| m.as_str()),
-        Some("User user is not authorized to write to: queue://ADMIN.b")
-    );
+    refused(
+        &mut u,
+        Command::Send,
+        "/queue/USERS.a,/queue/ADMIN.b",
+        "User user is not authorized to write to: queue://ADMIN.b",
+    )
+    .await;
     assert_eq!(b.broker.queue("USERS.a").pending_count(), 0);
     // The connection still works where the user may go.
     u.subscribe("3", "/queue/USERS.b", "auto", &[]).await;
@@ -148,13 +143,21 @@ async fn stomp_sends_and_subscriptions_are_checked() {
     b.stop().await;
 }
 
-/// A SEND with a receipt that the broker is expected to refuse.
-async fn refused_send(c: &mut Client, destination: &str, receipt: &str) {
+/// A SEND or SUBSCRIBE with a receipt that the broker refuses: an ERROR
+/// with `message` and the receipt's id.
+async fn refused(c: &mut Client, command: Command, destination: &str, message: &str) {
     c.send(&frame(
-        Command::Send,
-        &[("destination", destination), ("receipt", receipt)],
+        command,
+        &[
+            ("destination", destination),
+            ("id", "x"),
+            ("receipt", "refused"),
+        ],
     ))
     .await;
+    let e = c.expect_error().await;
+    assert_eq!(e.header("message").map(|m| m.as_str()), Some(message));
+    assert_eq!(e.header("receipt-id").map(|m| m.as_str()), Some("refused"));
 }
 
 /// A wildcard subscription is allowed where an entry of a topic it covers
@@ -171,20 +174,13 @@ async fn wildcard_subscriptions_join_only_readable_topics() {
     a.send_text("/topic/USERS.x.old", "made before", Some("a0"))
         .await;
     let mut u = Client::connect(b.stomp, "1.2", &[("login", "user"), ("passcode", "userpw")]).await;
-    u.send(&frame(
+    refused(
+        &mut u,
         Command::Subscribe,
-        &[
-            ("destination", "/topic/ADMIN.>"),
-            ("id", "0"),
-            ("receipt", "r0"),
-        ],
-    ))
+        "/topic/ADMIN.>",
+        "User user is not authorized to read from: topic://ADMIN.>",
+    )
     .await;
-    let e = u.expect_error().await;
-    assert_eq!(
-        e.header("message").map(|m| m.as_str()),
-        Some("User user is not authorized to read from: topic://ADMIN.>")
-    );
     u.subscribe("1", "/topic/USERS.>", "auto", &[]).await;
     for (i, topic) in [
         "/topic/USERS.x.old",

@@ -787,8 +787,6 @@ fn holds_stop_while_acks_come_too_late() {
 #[test]
 fn made_queues_are_remembered_through_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Destination::queue("q");
-    let body = "x".repeat(2000);
     rt().block_on(async {
         let (store, r) = Store::open(config(dir.path())).unwrap();
         assert!(r.queues.is_empty());
@@ -805,12 +803,7 @@ fn made_queues_are_remembered_through_compaction() {
             .await
             .unwrap();
         // Enough traffic after them that their segment is compacted away.
-        for _ in 0..300 {
-            let op = add(&store, &q, &body, vec![]);
-            let id = add_id(&op);
-            store.write(vec![op]).await.unwrap();
-            store.write(vec![Op::Remove { id }]).await.unwrap();
-        }
+        churn(&store, 300).await;
         assert!(store.stats().compactions.load(Ordering::Relaxed) > 0);
         assert!(std::fs::read_dir(dir.path()).unwrap().count() <= 6);
         store.close();
@@ -830,8 +823,6 @@ fn made_queues_are_remembered_through_compaction() {
 #[test]
 fn many_queue_records_do_not_stop_segments_being_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Destination::queue("q");
-    let body = "x".repeat(2000);
     rt().block_on(async {
         let (store, _) = Store::open(config(dir.path())).unwrap();
         for i in 0..400 {
@@ -839,12 +830,7 @@ fn many_queue_records_do_not_stop_segments_being_deleted() {
                 name: Arc::from(format!("queue-{i}")),
             }]);
         }
-        for _ in 0..600 {
-            let op = add(&store, &q, &body, vec![]);
-            let id = add_id(&op);
-            store.write(vec![op]).await.unwrap();
-            store.write(vec![Op::Remove { id }]).await.unwrap();
-        }
+        churn(&store, 600).await;
         let segments = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(
             segments <= 6,
@@ -854,4 +840,17 @@ fn many_queue_records_do_not_stop_segments_being_deleted() {
     });
     let (_, r) = Store::open(config(dir.path())).unwrap();
     assert_eq!(r.queues.len(), 400);
+}
+
+/// `n` messages of 2 000 bytes that come and go: enough of them fill and
+/// retire segments.
+async fn churn(store: &Store, n: usize) {
+    let q = Destination::queue("churn");
+    let body = "x".repeat(2000);
+    for _ in 0..n {
+        let op = add(store, &q, &body, vec![]);
+        let id = add_id(&op);
+        store.write(vec![op]).await.unwrap();
+        store.write(vec![Op::Remove { id }]).await.unwrap();
+    }
 }
