@@ -371,7 +371,16 @@ impl Queue {
     pub fn add_consumer(&self, spec: ConsumerSpec) {
         let dead = {
             let mut st = self.lock();
-            st.consumers.push(ConsumerSlot::new(spec));
+            // Highest priority first (ActiveMQ's consumer priority); after
+            // the others of its priority, for round robin among them.
+            let priority = spec.priority;
+            let at = st
+                .consumers
+                .partition_point(|c| c.spec.priority >= priority);
+            if at < st.consumers.len() && st.next_consumer >= at {
+                st.next_consumer += 1;
+            }
+            st.consumers.insert(at, ConsumerSlot::new(spec));
             st.unselected = 0;
             self.dispatch(&mut st)
         };
@@ -897,8 +906,16 @@ impl Queue {
             let only = exclusive.or(owner);
             let mut any_credit = false;
             let mut selected = false;
+            // Consumers of a higher priority first, round robin among
+            // those of one priority (one rotation when all have the same).
+            let by_priority = (n > 1
+                && st.consumers[0].spec.priority != st.consumers[n - 1].spec.priority)
+                .then(|| priority_order(&st.consumers, st.next_consumer));
             for k in 0..n {
-                let i = (st.next_consumer + k) % n;
+                let i = match &by_priority {
+                    Some(order) => order[k],
+                    None => (st.next_consumer + k) % n,
+                };
                 if !st.consumers[i].has_credit() {
                     continue;
                 }
@@ -1028,6 +1045,22 @@ const MAX_SCAN: usize = 10_000;
 const PAGE_IN_BELOW: usize = 250;
 const PAGE_SIZE: usize = 1_000;
 const PAGE_CHUNK: usize = 250;
+
+/// The order consumers (sorted by priority, highest first) are offered a
+/// message in: each priority's in turn, round robin within it from `next`
+/// (or from its first).
+fn priority_order(consumers: &[ConsumerSlot], next: usize) -> Vec<usize> {
+    let mut order = Vec::with_capacity(consumers.len());
+    let mut lo = 0;
+    while lo < consumers.len() {
+        let p = consumers[lo].spec.priority;
+        let hi = lo + consumers[lo..].partition_point(|c| c.spec.priority == p);
+        let start = if (lo..hi).contains(&next) { next } else { lo };
+        order.extend((0..hi - lo).map(|k| lo + (start - lo + k) % (hi - lo)));
+        lo = hi;
+    }
+    order
+}
 
 /// Message groups a queue remembers the consumer of.
 const MAX_GROUPS: usize = 65_536;

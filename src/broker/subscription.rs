@@ -47,6 +47,9 @@ pub struct ConsumerSpec {
     pub no_local: bool,
     /// An exclusive consumer receives every message of the queue while it is there.
     pub exclusive: bool,
+    /// Consumers of a higher priority are offered messages first (ActiveMQ's
+    /// consumer priority, 0 by default).
+    pub priority: i8,
     /// Only messages this selects are dispatched to the consumer.
     pub selector: Option<Arc<crate::broker::selector::Selector>>,
     pub sink: Arc<dyn DeliverySink>,

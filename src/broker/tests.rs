@@ -36,6 +36,7 @@ fn spec(broker: &Broker, connection: u64, no_local: bool) -> (ConsumerSpec, Arc<
             exclusive: false,
             sink: sink.clone(),
             reader: None,
+            priority: 0,
         },
         sink,
     )

@@ -827,6 +827,7 @@ impl Session {
                 ctx: ctx.clone(),
             }),
             reader: self.subject.clone().filter(|_| self.broker.authorizing()),
+            priority: c.byte("priority"),
         };
         let sub = self.broker.subscribe(&destination, spec, durable)?;
         let queue = sub.queue.clone();

@@ -733,6 +733,10 @@ impl Session {
                 ctx: ctx.clone(),
             }),
             reader: self.subject.clone().filter(|_| self.broker.authorizing()),
+            priority: frame
+                .header("activemq.priority")
+                .and_then(|v| v.trim().parse::<i8>().ok())
+                .unwrap_or(0),
         };
         let sub = self
             .broker

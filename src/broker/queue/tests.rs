@@ -78,6 +78,7 @@ fn consumer(id: u64, prefetch: u32) -> (ConsumerSpec, Arc<Collect>) {
             exclusive: false,
             sink: sink.clone(),
             reader: None,
+            priority: 0,
         },
         sink,
     )
@@ -634,4 +635,27 @@ fn colored(seq: u64, color: &str) -> Message {
     m.properties
         .push(("color".into(), PropValue::String(color.into())));
     m
+}
+
+/// ActiveMQ's consumer priority: consumers of a higher priority are offered
+/// messages first (round robin among them); lower ones get what the higher
+/// ones have no room for.
+#[test]
+fn higher_priority_consumers_are_offered_messages_first() {
+    let (_b, q) = setup();
+    let mut made = Vec::new();
+    for (id, priority) in [(1, 0), (2, 5), (3, 5), (4, -1)] {
+        let (mut spec, sink) = consumer(id, 2);
+        spec.priority = priority;
+        q.add_consumer(spec);
+        made.push(sink);
+    }
+    for i in 0..8 {
+        q.send(msg(i, &format!("m{i}"), false));
+    }
+    let got: Vec<Vec<String>> = made.iter().map(|s| s.bodies()).collect();
+    assert_eq!(got[1], ["m0", "m2"]);
+    assert_eq!(got[2], ["m1", "m3"]);
+    assert_eq!(got[0], ["m4", "m5"]);
+    assert_eq!(got[3], ["m6", "m7"]);
 }

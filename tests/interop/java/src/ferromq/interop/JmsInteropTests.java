@@ -193,6 +193,7 @@ public final class JmsInteropTests {
         test("virtualTopicQueuesEachGetEveryMessage", JmsInteropTests::virtualTopicQueuesEachGetEveryMessage);
         test("messageGroupsStickAndFlagTheirFirstMessage", JmsInteropTests::messageGroupsStickAndFlagTheirFirstMessage);
         test("destroyDestinationDeletesAQueue", JmsInteropTests::destroyDestinationDeletesAQueue);
+        test("consumerPriorityComesFirst", JmsInteropTests::consumerPriorityComesFirst);
         // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
         test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
         test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
@@ -2587,6 +2588,37 @@ public final class JmsInteropTests {
             check(next != null, "G1 goes on at the other consumer");
             eq("G1-3", ((TextMessage) next).getText(), "body");
             check(next.getBooleanProperty("JMSXGroupFirstForConsumer"), "the other consumer's first of G1 says so");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /**
+     * Consumer priority (`?consumer.priority=N` on the destination): a consumer of a higher priority
+     * is offered messages first; a lower one gets those it has no room for.
+     */
+    static void consumerPriorityComesFirst() throws Exception {
+        String q = uniq("priority");
+        Connection c = started(connect());
+        try {
+            Session s = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+            MessageConsumer low = s.createConsumer(s.createQueue(q + "?consumer.prefetchSize=2"));
+            MessageConsumer high = s.createConsumer(
+                    s.createQueue(q + "?consumer.prefetchSize=2&consumer.priority=9"));
+            MessageProducer p = s.createProducer(s.createQueue(q));
+            for (int i = 0; i < 4; i++) {
+                p.send(s.createTextMessage("m" + i));
+            }
+            for (String want : new String[] {"m0", "m1"}) {
+                TextMessage m = (TextMessage) high.receive(5000);
+                check(m != null, "the high-priority consumer's " + want);
+                eq(want, m.getText(), "high priority first");
+            }
+            for (String want : new String[] {"m2", "m3"}) {
+                TextMessage m = (TextMessage) low.receive(5000);
+                check(m != null, "the low-priority consumer's " + want);
+                eq(want, m.getText(), "what the high one had no room for");
+            }
         } finally {
             quietClose(c);
         }
