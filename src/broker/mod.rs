@@ -414,20 +414,35 @@ impl Broker {
         let Some(queue) = self.find_queue(&destination.name) else {
             return Ok(());
         };
-        if let Some(c) = queue.consumer_names().first() {
+        // This queue, not one made again meanwhile; its QueueRemove goes to
+        // the journal while no new one can be made (and recorded) before it.
+        let mut in_use = None;
+        let removed = self.queues.remove_if(&*destination.name, |_, q| {
+            if !Arc::ptr_eq(q, &queue) {
+                return false;
+            }
+            in_use = q.mark_deleted_if_unused();
+            if in_use.is_none() {
+                if let Some(store) = &self.store {
+                    store.submit(vec![Op::QueueRemove {
+                        name: destination.name.clone(),
+                    }]);
+                }
+            }
+            in_use.is_none()
+        });
+        if let Some(c) = in_use {
             return Err(BrokerError::Invalid(format!(
                 "Destination: {destination} still has an active subscription: {}:{}:{}",
                 c.connection_id, c.session, c.value
             )));
         }
-        self.queues.remove(&*destination.name);
-        queue.mark_deleted();
-        queue.purge();
-        if let Some(store) = &self.store {
-            store.submit(vec![Op::QueueRemove {
-                name: destination.name.clone(),
-            }]);
+        if removed.is_none() {
+            return Ok(());
         }
+        // Sends and consumers that still reach it are refused from now on
+        // (see Queue::send_dispatched, Queue::try_add_consumer).
+        queue.purge();
         tracing::debug!(queue = %destination.name, "queue deleted");
         Ok(())
     }
@@ -906,8 +921,15 @@ impl Broker {
                     "consuming from a composite queue is not supported: {destination}"
                 )));
             }
-            let queue = self.queue_of(destination);
-            queue.add_consumer(spec);
+            // A queue deleted meanwhile (destroyDestination) is made afresh.
+            let mut spec = spec;
+            let queue = loop {
+                let queue = self.queue_of(destination);
+                match queue.try_add_consumer(spec) {
+                    Ok(()) => break queue,
+                    Err(back) => spec = back,
+                }
+            };
             self.advise_consumer(destination, &name, true, queue.consumer_count());
             return Ok(Subscription {
                 queue,

@@ -72,6 +72,9 @@ struct QueueState {
     consumers: Vec<ConsumerSlot>,
     /// Where round-robin continues.
     next_consumer: usize,
+    /// With consumers of several priorities: the consumer each priority
+    /// last handed a message to (round robin within each).
+    last_served: Vec<(i8, u64)>,
     next_order: u64,
     /// Message groups (JMSXGroupID) and the consumer each belongs to.
     groups: std::collections::HashMap<crate::bstr::ByteStr, u64>,
@@ -178,9 +181,18 @@ impl Queue {
             }
         }
         let size = message.memory_size();
-        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
         let dead = {
             let mut st = self.lock();
+            if self.is_deleted() {
+                // Raced with the queue's deletion: it goes with the queue
+                // (its record too, or a restart would bring it back).
+                drop(st);
+                if let (Some(store), true) = (&self.store, message.store_id != 0) {
+                    store.consumed(vec![self.removal_of(message.store_id)]);
+                }
+                return (false, true);
+            }
+            self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
             let order = st.next_order;
             st.next_order += 1;
             // A persistent message past half the memory limit stays in the
@@ -369,8 +381,17 @@ impl Queue {
     }
 
     pub fn add_consumer(&self, spec: ConsumerSpec) {
+        let _ = self.try_add_consumer(spec);
+    }
+
+    /// Adds a consumer, unless the queue was deleted (the spec comes back:
+    /// the caller attaches it to the queue of that name made afresh).
+    pub fn try_add_consumer(&self, spec: ConsumerSpec) -> Result<(), ConsumerSpec> {
         let dead = {
             let mut st = self.lock();
+            if self.is_deleted() {
+                return Err(spec);
+            }
             // Highest priority first (ActiveMQ's consumer priority); after
             // the others of its priority, for round robin among them.
             let priority = spec.priority;
@@ -385,6 +406,7 @@ impl Queue {
             self.dispatch(&mut st)
         };
         self.finish(dead, Vec::new());
+        Ok(())
     }
 
     /// Removes a consumer. Its unacknowledged messages go back to the queue in
@@ -758,6 +780,20 @@ impl Queue {
         }
     }
 
+    /// Marks the queue deleted unless a consumer is attached (returned then).
+    /// Under the queue's lock: a consumer is either refused afterwards
+    /// ([`Queue::try_add_consumer`]) or seen here.
+    pub fn mark_deleted_if_unused(&self) -> Option<crate::broker::message::ConsumerName> {
+        let st = self.lock();
+        if let Some(c) = st.consumers.first() {
+            return Some(c.spec.name.clone());
+        }
+        self.deleted.store(true, Ordering::Relaxed);
+        drop(st);
+        self.space.notify_waiters();
+        None
+    }
+
     pub fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Relaxed);
         self.space.notify_waiters();
@@ -910,7 +946,7 @@ impl Queue {
             // those of one priority (one rotation when all have the same).
             let by_priority = (n > 1
                 && st.consumers[0].spec.priority != st.consumers[n - 1].spec.priority)
-                .then(|| priority_order(&st.consumers, st.next_consumer));
+                .then(|| priority_order(&st.consumers, &st.last_served));
             for k in 0..n {
                 let i = match &by_priority {
                     Some(order) => order[k],
@@ -956,6 +992,13 @@ impl Queue {
                         held: false,
                     });
                     st.next_consumer = (i + 1) % n;
+                    if by_priority.is_some() {
+                        let (p, id) = (st.consumers[i].spec.priority, st.consumers[i].spec.id);
+                        match st.last_served.iter_mut().find(|(q, _)| *q == p) {
+                            Some(entry) => entry.1 = id,
+                            None => st.last_served.push((p, id)),
+                        }
+                    }
                     self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
                     if let (Some(g), true) = (&group, group_seq < 0) {
                         st.groups.remove(g);
@@ -1047,15 +1090,19 @@ const PAGE_SIZE: usize = 1_000;
 const PAGE_CHUNK: usize = 250;
 
 /// The order consumers (sorted by priority, highest first) are offered a
-/// message in: each priority's in turn, round robin within it from `next`
-/// (or from its first).
-fn priority_order(consumers: &[ConsumerSlot], next: usize) -> Vec<usize> {
+/// message in: each priority's in turn, round robin within each from after
+/// the one it last served.
+fn priority_order(consumers: &[ConsumerSlot], last_served: &[(i8, u64)]) -> Vec<usize> {
     let mut order = Vec::with_capacity(consumers.len());
     let mut lo = 0;
     while lo < consumers.len() {
         let p = consumers[lo].spec.priority;
         let hi = lo + consumers[lo..].partition_point(|c| c.spec.priority == p);
-        let start = if (lo..hi).contains(&next) { next } else { lo };
+        let start = last_served
+            .iter()
+            .find(|(q, _)| *q == p)
+            .and_then(|(_, id)| consumers[lo..hi].iter().position(|c| c.spec.id == *id))
+            .map_or(lo, |i| lo + (i + 1) % (hi - lo));
         order.extend((0..hi - lo).map(|k| lo + (start - lo + k) % (hi - lo)));
         lo = hi;
     }

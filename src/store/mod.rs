@@ -1549,8 +1549,12 @@ impl Writer {
         let mut guard = shared.index();
         let index = &mut *guard;
         let mut deleted = false;
+        // Only segments there were when the pass began: compaction copies
+        // metadata records (always live) forward, and a segment of nothing
+        // else must not be compacted again in the same pass, for ever.
+        let head_at_start = self.journal.head_segment();
         while let Some((&oldest, _)) = self.journal.segments().iter().next() {
-            if oldest == self.journal.head_segment() {
+            if oldest >= head_at_start {
                 break;
             }
             let live = index.live_per_segment.get(&oldest).copied().unwrap_or(0);

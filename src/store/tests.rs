@@ -854,3 +854,25 @@ async fn churn(store: &Store, n: usize) {
         store.write(vec![Op::Remove { id }]).await.unwrap();
     }
 }
+
+/// More queue records than fill the segments compaction leaves alone:
+/// compacting them only moves them forward, so a pass must end (it once
+/// went on copying them for ever, holding the index).
+#[test]
+fn a_journal_of_mostly_queue_records_is_compacted_in_bounded_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (store, _) = Store::open(config(dir.path())).unwrap();
+        let long = "q".repeat(200);
+        for i in 0..3000 {
+            store.submit(vec![Op::QueueAdd {
+                name: Arc::from(format!("{long}-{i}")),
+            }]);
+        }
+        let churned = tokio::time::timeout(Duration::from_secs(60), churn(&store, 300)).await;
+        assert!(churned.is_ok(), "the writer is stuck compacting");
+        store.close();
+    });
+    let (_, r) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(r.queues.len(), 3000);
+}

@@ -659,3 +659,44 @@ fn higher_priority_consumers_are_offered_messages_first() {
     assert_eq!(got[0], ["m4", "m5"]);
     assert_eq!(got[3], ["m6", "m7"]);
 }
+
+/// Round robin is kept per priority: a lower priority's consumers share
+/// what the higher one leaves, even while the higher one keeps taking some.
+#[test]
+fn lower_priority_consumers_share_fairly() {
+    let (_b, q) = setup();
+    let (mut high, h) = consumer(1, 1);
+    high.priority = 5;
+    q.add_consumer(high);
+    let (l0, s0) = consumer(2, 10);
+    let (l1, s1) = consumer(3, 10);
+    q.add_consumer(l0);
+    q.add_consumer(l1);
+    for i in 0..3u64 {
+        // The high one takes one and is full; the next goes to a low one.
+        q.send(msg(2 * i, &format!("h{i}"), false));
+        q.send(msg(2 * i + 1, &format!("l{i}"), false));
+        q.ack(1, i + 1, false, AckAction::Consume).unwrap();
+    }
+    assert_eq!(h.bodies(), ["h0", "h1", "h2"]);
+    assert_eq!(s0.bodies(), ["l0", "l2"]);
+    assert_eq!(s1.bodies(), ["l1"]);
+}
+
+#[test]
+fn a_deleted_queue_refuses_sends_and_consumers() {
+    let (_b, q) = setup();
+    let (c, _) = consumer(1, 10);
+    q.add_consumer(c);
+    assert!(q.mark_deleted_if_unused().is_some(), "in use");
+    q.remove_consumer(1, 0, false);
+    assert!(q.mark_deleted_if_unused().is_none());
+    q.send(msg(1, "late", false));
+    assert_eq!(
+        q.pending_count(),
+        0,
+        "a send racing the deletion goes with the queue"
+    );
+    let (c, _) = consumer(2, 10);
+    assert!(q.try_add_consumer(c).is_err());
+}
