@@ -267,36 +267,31 @@ async fn the_load_tools_log_in_over_stomp_and_openwire() {
             ),
             (None, "User name [null] or password is invalid."),
         ] {
-            let p = run_producer(ProducerArgs {
-                common: args(url.clone(), dest, login),
-                size: 100,
-                persistent: false,
-                batch: 0,
-                rate: 0.0,
-            })
-            .await;
-            let error = match p {
-                Ok(s) => s.first_error.unwrap_or_default(),
-                Err(e) => e.to_string(),
-            };
+            let error = producer_error(&url, dest, login).await;
             assert!(error.contains(refusal), "{url}: {error}");
         }
-        let p = run_producer(ProducerArgs {
-            common: args(url.clone(), "queue://ADMIN.tools", Some(("user", "userpw"))),
-            size: 100,
-            persistent: true,
-            batch: 0,
-            rate: 0.0,
-        })
-        .await;
-        let error = match p {
-            Ok(s) => s.first_error.unwrap_or_default(),
-            Err(e) => e.to_string(),
-        };
+        let error = producer_error(&url, "queue://ADMIN.tools", Some(("user", "userpw"))).await;
         assert!(
             error.contains("User user is not authorized to write to: queue://ADMIN.tools"),
             "{url}: {error}"
         );
     }
     b.stop().await;
+}
+
+/// The first error a producer run of the load tool met (persistent sends,
+/// so that a refusal comes back to it).
+async fn producer_error(url: &str, destination: &str, login: Option<(&str, &str)>) -> String {
+    let run = run_producer(ProducerArgs {
+        common: args(url.to_string(), destination, login),
+        size: 100,
+        persistent: true,
+        batch: 0,
+        rate: 0.0,
+    })
+    .await;
+    match run {
+        Ok(s) => s.first_error.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
 }
