@@ -927,3 +927,26 @@ def test_security_send_and_subscribe_are_checked(client):
         "w2",
         "User user is not authorized to write to: queue://" + readonly[7:],
     )
+
+
+def test_consumer_priority_header(client):
+    """activemq.priority: a subscriber of a higher priority is offered
+    messages first; a lower one gets what it has no room for."""
+    q = queue_name("prio")
+    c = client()
+    c.subscribe(q, "low", ack="client-individual", headers={"activemq.prefetchSize": "2"})
+    c.subscribe(
+        q,
+        "high",
+        ack="client-individual",
+        headers={"activemq.prefetchSize": "2", "activemq.priority": "9"},
+    )
+    p = client()
+    bodies = ["p%d-%s" % (i, uid()) for i in range(4)]
+    for b in bodies:
+        p.send(q, b)
+    got = c.rec.get_n(4)
+    by_sub = {}
+    for m in got:
+        by_sub.setdefault(m.headers["subscription"], []).append(m.body)
+    assert by_sub == {"high": bodies[:2], "low": bodies[2:]}
