@@ -504,6 +504,11 @@ public final class JmsInteropTests {
         return m;
     }
 
+    /** The next message of `c` (within 5 s) is a TextMessage saying `want`. */
+    static void expectText(MessageConsumer c, String want, String what) throws JMSException {
+        eq(want, text(recv(c, 5000, what)), what);
+    }
+
     static String text(Message m) throws JMSException {
         check(m instanceof TextMessage, "expected a TextMessage, got " + m.getClass().getName());
         return ((TextMessage) m).getText();
@@ -1906,7 +1911,7 @@ public final class JmsInteropTests {
             p.send(mm);
             Session cs = cc.createSession(false, Session.AUTO_ACKNOWLEDGE);
             MessageConsumer consumer = cs.createConsumer(cs.createQueue(q));
-            eq(bigText, text(recv(consumer, 5000, "compressed text")), "compressed text");
+            expectText(consumer, bigText, "compressed text");
             BytesMessage gotBytes = (BytesMessage) recv(consumer, 5000, "compressed bytes");
             eq((long) bytes.length, gotBytes.getBodyLength(), "bytes length");
             byte[] back = new byte[bytes.length];
@@ -2515,8 +2520,7 @@ public final class JmsInteropTests {
                 eq("order-" + i, m.getText(), "group B in order");
             }
             for (int i = 0; i < n; i++) {
-                TextMessage m = (TextMessage) topicSub.receive(5000);
-                check(m != null && ("order-" + i).equals(m.getText()), "topic subscriber message " + i);
+                expectText(topicSub, "order-" + i, "topic subscriber message " + i);
             }
             for (int i = 0; i < n; i++) {
                 StompClient.Frame f = st.receive(5000);
@@ -2529,8 +2533,7 @@ public final class JmsInteropTests {
             MessageConsumer late = s.createConsumer(s.createQueue("Consumer.D." + topicName));
             check(late.receive(300) == null, "a new group gets nothing sent before it");
             p.send(s.createTextMessage("after"));
-            TextMessage m = (TextMessage) late.receive(5000);
-            check(m != null && "after".equals(m.getText()), "a new group gets what is sent now");
+            expectText(late, "after", "a new group gets what is sent now");
         } finally {
             quietClose(c, st);
         }
@@ -2649,8 +2652,7 @@ public final class JmsInteropTests {
             MessageConsumer after = s.createConsumer(queue);
             check(after.receive(1000) == null, "the deleted queue's messages are gone");
             p.send(s.createTextMessage("new"));
-            Message m = after.receive(5000);
-            check(m != null && "new".equals(((TextMessage) m).getText()), "the queue is made again by a send");
+            expectText(after, "new", "the queue is made again by a send");
         } finally {
             quietClose(c);
         }
@@ -2696,8 +2698,7 @@ public final class JmsInteropTests {
             Topic t = s.createTopic(uniq("USERS.t"));
             MessageConsumer sub = s.createConsumer(t);
             s.createProducer(t).send(s.createTextMessage("news"));
-            TextMessage m = (TextMessage) sub.receive(5000);
-            check(m != null && "news".equals(m.getText()), "topic message received");
+            expectText(sub, "news", "topic message received");
         } finally {
             quietClose(c);
         }
@@ -2741,21 +2742,18 @@ public final class JmsInteropTests {
             Session as = admin.createSession(false, Session.AUTO_ACKNOWLEDGE);
             as.createProducer(as.createQueue(readOnly)).send(as.createTextMessage("for users"));
             MessageConsumer consumer = s.createConsumer(s.createQueue(readOnly));
-            TextMessage m = (TextMessage) consumer.receive(5000);
-            check(m != null && "for users".equals(m.getText()), "the admin's message read by the user");
+            expectText(consumer, "for users", "the admin's message read by the user");
             // Once an admin made it, the user may write to it.
             as.createConsumer(as.createQueue(writeOnly)).close();
             s.createProducer(s.createQueue(writeOnly)).send(s.createTextMessage("written"));
-            m = (TextMessage) as.createConsumer(as.createQueue(writeOnly)).receive(5000);
-            check(m != null && "written".equals(m.getText()), "the user's message read by the admin");
+            expectText(as.createConsumer(as.createQueue(writeOnly)), "written", "the user's message read by the admin");
             e = expectThrows(JMSSecurityException.class, "a send to a READONLY queue",
                     () -> s.createProducer(s.createQueue(readOnly)).send(s.createTextMessage("x")));
             eq("User user is not authorized to write to: queue://" + readOnly, e.getMessage(), "write refusal");
             // The refusals cost the connection nothing.
             String mine = uniq("USERS.after");
             s.createProducer(s.createQueue(mine)).send(s.createTextMessage("still fine"));
-            m = (TextMessage) s.createConsumer(s.createQueue(mine)).receive(5000);
-            check(m != null && "still fine".equals(m.getText()), "the connection still works");
+            expectText(s.createConsumer(s.createQueue(mine)), "still fine", "the connection still works");
         } finally {
             quietClose(user, admin);
         }
@@ -2769,8 +2767,7 @@ public final class JmsInteropTests {
             Session s = user.createSession(false, Session.AUTO_ACKNOWLEDGE);
             TemporaryQueue temp = s.createTemporaryQueue();
             s.createProducer(temp).send(s.createTextMessage("reply"));
-            TextMessage m = (TextMessage) s.createConsumer(temp).receive(5000);
-            check(m != null && "reply".equals(m.getText()), "a message through the user's temporary queue");
+            expectText(s.createConsumer(temp), "reply", "a message through the user's temporary queue");
             Session gs = guest.createSession(false, Session.AUTO_ACKNOWLEDGE);
             JMSSecurityException e = expectThrows(JMSSecurityException.class, "a guest's temporary queue",
                     gs::createTemporaryQueue);
@@ -2779,8 +2776,7 @@ public final class JmsInteropTests {
             // Guests may write to GUESTS.* (anyone may) and read it.
             String q = uniq("GUESTS.q");
             gs.createProducer(gs.createQueue(q)).send(gs.createTextMessage("hello"));
-            m = (TextMessage) gs.createConsumer(gs.createQueue(q)).receive(5000);
-            check(m != null && "hello".equals(m.getText()), "a guest's own queue");
+            expectText(gs.createConsumer(gs.createQueue(q)), "hello", "a guest's own queue");
         } finally {
             quietClose(user, guest);
         }
