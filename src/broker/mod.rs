@@ -518,10 +518,11 @@ impl Broker {
     /// Checks that `subject` may read from or write to `destination` (each
     /// element of a composite), and may create it where it does not exist
     /// yet, as ActiveMQ's authorization broker does. `Access::Admin` checks
-    /// creating (or removing) it outright.
+    /// creating (or removing) it outright. A connection that has not
+    /// authenticated (`None`) is refused, as ActiveMQ's.
     pub fn authorize(
         &self,
-        subject: &Subject,
+        subject: Option<&Subject>,
         destination: &Destination,
         access: Access,
     ) -> Result<(), SecurityError> {
@@ -529,10 +530,11 @@ impl Broker {
         if !security.authorizing() {
             return Ok(());
         }
+        let subject = subject.ok_or_else(|| SecurityError("User is not authenticated.".into()))?;
         if destination.name.contains(',') {
             return composite_elements(destination)
                 .iter()
-                .try_for_each(|d| self.authorize(subject, d, access));
+                .try_for_each(|d| self.authorize(Some(subject), d, access));
         }
         security.check(subject, destination, access)?;
         // A temporary destination is made (and checked) by create_temp's

@@ -120,11 +120,9 @@ impl JmsError {
     }
 }
 
-const SECURITY_EXCEPTION: &str = "java.lang.SecurityException";
-
 impl From<SecurityError> for JmsError {
     fn from(e: SecurityError) -> Self {
-        JmsError::new(SECURITY_EXCEPTION, e.0)
+        JmsError::new("java.lang.SecurityException", e.0)
     }
 }
 
@@ -714,14 +712,9 @@ impl Session {
     /// Checks that the client may have `access` to `destination` (see
     /// [`Broker::authorize`]).
     fn allow(&self, destination: &Destination, access: Access) -> Result<(), JmsError> {
-        if !self.broker.authorizing() {
-            return Ok(());
-        }
-        let subject = self
-            .subject
-            .as_ref()
-            .ok_or_else(|| JmsError::new(SECURITY_EXCEPTION, "User is not authenticated."))?;
-        Ok(self.broker.authorize(subject, destination, access)?)
+        Ok(self
+            .broker
+            .authorize(self.subject.as_ref(), destination, access)?)
     }
 
     /// Sends the plain Response a command asked for.

@@ -521,15 +521,8 @@ impl Session {
     /// Checks that the client may have `access` to `destination` (see
     /// [`Broker::authorize`]).
     fn allow(&self, destination: &Destination, access: Access) -> Result<(), ProtocolError> {
-        if !self.broker.authorizing() {
-            return Ok(());
-        }
-        let subject = self
-            .subject
-            .as_ref()
-            .ok_or_else(|| ProtocolError::soft("User is not authenticated."))?;
         self.broker
-            .authorize(subject, destination, access)
+            .authorize(self.subject.as_ref(), destination, access)
             .map_err(|e| ProtocolError::soft(e.0))
     }
 
