@@ -78,7 +78,7 @@ class Ferromq:
         t0 = time.time()
         self.proc = subprocess.Popen(
             [FERROMQ, "--data-dir", os.path.join(self.dir, "data"),
-             "--stomp-addr", f"127.0.0.1:{self.stomp}", "--auto-addr", f"127.0.0.1:{self.openwire}"] + self.args,
+             "--stomp-addr", f"127.0.0.1:{self.stomp}", "--auto-addr", f"127.0.0.1:{self.openwire}", "--ws-addr", ""] + self.args,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
             preexec_fn=os.setpgrp)  # paused (SIGSTOP) at times: its own process group, same session
         wait_port(self.stomp)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests, then the
-# interoperability suites (stomp.py, stompit) against the release broker.
+# interoperability suites (stomp.py, stompit, stompjs over WebSocket, the JMS
+# client) against the release broker.
 # Installs what the tests need when it is missing, and fails loudly when it
 # cannot: no test is skipped silently.
 set -euo pipefail
@@ -23,12 +24,12 @@ log "dependencies"
 command -v cargo >/dev/null || die "cargo is required (the Rust toolchain)"
 command -v python3 >/dev/null || apt_install python3 python3-pip
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-if ! python3 -c 'import stomp, pytest' >/dev/null 2>&1; then
+if ! python3 -c 'import stomp, pytest, websocket' >/dev/null 2>&1; then
     python3 -m pip install -q -r tests/interop/python/requirements.txt \
         || python3 -m pip install -q --break-system-packages -r tests/interop/python/requirements.txt \
-        || die "cannot install the Python test clients (stomp-py, pytest)"
+        || die "cannot install the Python test clients (stomp-py, pytest, websocket-client)"
 fi
-python3 -c 'import stomp, pytest' || die "stomp.py / pytest still missing"
+python3 -c 'import stomp, pytest, websocket' || die "stomp.py / pytest / websocket-client still missing"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 # The stock ActiveMQ JMS client (OpenWire) and a JDK to compile the JMS tests.
 command -v javac >/dev/null || apt_install default-jdk-headless
@@ -44,24 +45,24 @@ rust_passed=$(grep -Eo 'test result: [a-z]+\. [0-9]+ passed' /tmp/ferromq-cargo-
 
 log "interoperability suites against the release broker"
 data=$(mktemp -d)
-read -r stomp_port auto_port secure_stomp_port secure_auto_port < <(python3 - <<'PY'
+read -r stomp_port auto_port ws_port secure_stomp_port secure_auto_port < <(python3 - <<'PY'
 import socket
 ports = []
 socks = []
-for _ in range(4):
+for _ in range(5):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s); ports.append(s.getsockname()[1])
 print(*ports)
 PY
 )
 ./target/release/ferromq --config conf/broker.toml --data-dir "$data" \
     --stomp-addr "127.0.0.1:$stomp_port" --auto-addr "127.0.0.1:$auto_port" \
-    >"$data/broker.log" 2>&1 &
+    --ws-addr "127.0.0.1:$ws_port" >"$data/broker.log" 2>&1 &
 broker=$!
 # The security tests' broker: users and authorization of tests/interop/secure.toml.
 mkdir "$data/secure"
 ./target/release/ferromq --config tests/interop/secure.toml --data-dir "$data/secure" \
     --stomp-addr "127.0.0.1:$secure_stomp_port" --auto-addr "127.0.0.1:$secure_auto_port" \
-    >"$data/secure-broker.log" 2>&1 &
+    --ws-addr "" >"$data/secure-broker.log" 2>&1 &
 secure_broker=$!
 cleanup() {
     kill "$broker" "$secure_broker" 2>/dev/null || true
@@ -69,13 +70,13 @@ cleanup() {
     rm -rf "$data"
 }
 trap cleanup EXIT
-for port in "$stomp_port" "$secure_stomp_port"; do
+for port in "$stomp_port" "$ws_port" "$secure_stomp_port"; do
     for _ in $(seq 100); do
         python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
         sleep 0.1
     done
 done
-export SECURE_STOMP_PORT=$secure_stomp_port SECURE_BROKER_URL=tcp://127.0.0.1:$secure_auto_port
+export SECURE_STOMP_PORT=$secure_stomp_port SECURE_BROKER_URL=tcp://127.0.0.1:$secure_auto_port WS_PORT=$ws_port
 
 failed=0
 STOMP_PORT=$stomp_port timeout 600 python3 -m pytest -q -p no:cacheprovider tests/interop/python \
@@ -101,7 +102,7 @@ fi
 
 total=$((rust_passed + ${py_passed:-0} + ${node_passed:-0} + ${auto_passed:-0} + ${java_passed:-0}))
 log "summary"
-echo "rust: $rust_passed, stomp.py: ${py_passed:-0}, stompit: ${node_passed:-0}, stomp.py via auto port: ${auto_passed:-0}, JMS (OpenWire): ${java_passed:-0}"
+echo "rust: $rust_passed, stomp.py: ${py_passed:-0}, node (stompit, stompjs): ${node_passed:-0}, stomp.py via auto port: ${auto_passed:-0}, JMS (OpenWire): ${java_passed:-0}"
 if [ "$failed" != 0 ]; then
     echo "$total passed, 1 failed"
     exit 1

@@ -131,6 +131,8 @@ pub struct Listeners {
     pub stomp: String,
     /// OpenWire only (disabled by default: the auto port serves OpenWire).
     pub openwire: String,
+    /// STOMP over WebSocket (ActiveMQ's `ws://`, for browsers and stompjs).
+    pub ws: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -268,6 +270,7 @@ impl Default for Listeners {
             auto: "0.0.0.0:61616".into(),
             stomp: "0.0.0.0:61613".into(),
             openwire: String::new(),
+            ws: "0.0.0.0:61614".into(),
         }
     }
 }
@@ -329,6 +332,7 @@ impl Config {
         parse_listener("listeners.auto", &self.listeners.auto)?;
         parse_listener("listeners.stomp", &self.listeners.stomp)?;
         parse_listener("listeners.openwire", &self.listeners.openwire)?;
+        parse_listener("listeners.ws", &self.listeners.ws)?;
         if self.openwire.max_frame_size == 0 {
             return Err(ConfigError::Invalid {
                 key: "openwire.max_frame_size",
@@ -436,6 +440,7 @@ impl Config {
             "listeners.auto" => &self.listeners.auto,
             "listeners.stomp" => &self.listeners.stomp,
             "listeners.openwire" => &self.listeners.openwire,
+            "listeners.ws" => &self.listeners.ws,
             _ => return None,
         };
         parse_listener(key, value).ok().flatten()

@@ -26,6 +26,9 @@ struct Cli {
     /// OpenWire-only listener address (disabled unless given).
     #[arg(long, value_name = "ADDR")]
     openwire_addr: Option<String>,
+    /// STOMP-over-WebSocket listener address, e.g. 0.0.0.0:61614 ("" disables).
+    #[arg(long, value_name = "ADDR")]
+    ws_addr: Option<String>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -65,6 +68,9 @@ fn main() -> ExitCode {
     }
     if let Some(a) = &cli.stomp_addr {
         config.listeners.stomp = a.clone();
+    }
+    if let Some(a) = &cli.ws_addr {
+        config.listeners.ws = a.clone();
     }
     if let Some(a) = &cli.openwire_addr {
         config.listeners.openwire = a.clone();

@@ -43,6 +43,7 @@ fn sigterm_stops_the_broker_cleanly() {
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--stomp-addr", "127.0.0.1:0", "--auto-addr", "127.0.0.1:0"])
+        .args(["--ws-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -574,6 +574,8 @@ async fn nothing_confirmed_is_lost_when_the_broker_is_killed() {
                 &format!("127.0.0.1:{port}"),
                 "--auto-addr",
                 "",
+                "--ws-addr",
+                "",
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -28,6 +28,7 @@ use crate::stomp::mapping::{
     self, encode_message, parse_ack_id, parse_destination, AckMode, MappingError,
 };
 use crate::transport::outbox::Outbox;
+use crate::transport::websocket::{WsReader, WsWriter};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -120,6 +121,8 @@ impl From<MappingError> for ProtocolError {
 enum Ctl {
     Frame(Bytes),
     HeartBeat(Duration),
+    /// A WebSocket control frame (pong, close), written as it is.
+    Raw(Vec<u8>),
 }
 
 /// The writer-visible state of one subscription.
@@ -159,7 +162,81 @@ struct SubEntry {
     destination: ByteStr,
 }
 
-type ActivityReader = crate::transport::activity::ActivityReader<OwnedReadHalf>;
+type ActivityReader = crate::transport::activity::ActivityReader<StompRead>;
+
+/// What a STOMP connection reads from: the socket, or the payload of its
+/// WebSocket messages.
+enum StompRead {
+    Tcp(OwnedReadHalf),
+    Ws(WsReader<OwnedReadHalf>),
+}
+
+impl tokio::io::AsyncRead for StompRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            StompRead::Tcp(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            StompRead::Ws(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// What a STOMP connection writes whole frames to: the socket, or one
+/// WebSocket message per write.
+enum StompWrite {
+    Tcp(OwnedWriteHalf),
+    Ws(WsWriter<OwnedWriteHalf>),
+}
+
+impl StompWrite {
+    /// Writes `buf` (whole frames) and empties it.
+    async fn frames(&mut self, buf: &mut BytesMut) -> std::io::Result<()> {
+        let res = match self {
+            StompWrite::Tcp(sock) => sock.write_all(buf).await,
+            StompWrite::Ws(ws) => ws.frames(buf).await,
+        };
+        buf.clear();
+        res
+    }
+
+    /// Writes `buf` (whole frames, then the head of a frame whose body is
+    /// too big to copy) and the body. The frame's end is left in `buf`
+    /// (TCP) or written with it (one WebSocket message).
+    async fn big(&mut self, buf: &mut BytesMut, body: &[u8]) -> std::io::Result<()> {
+        match self {
+            StompWrite::Tcp(sock) => {
+                let res = sock.write_all(buf).await;
+                buf.clear();
+                res?;
+                sock.write_all(body).await?;
+                buf.extend_from_slice(b"\0\n");
+                Ok(())
+            }
+            StompWrite::Ws(ws) => {
+                let res = ws.message(&[buf, body, b"\0\n"]).await;
+                buf.clear();
+                res
+            }
+        }
+    }
+
+    async fn control(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        match self {
+            StompWrite::Tcp(_) => Ok(()),
+            StompWrite::Ws(ws) => ws.control(frame).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            StompWrite::Tcp(sock) => sock.shutdown().await,
+            StompWrite::Ws(ws) => ws.shutdown().await,
+        }
+    }
+}
 
 struct Session {
     broker: Arc<Broker>,
@@ -192,9 +269,12 @@ struct Session {
 
 /// Serves one STOMP connection until the client leaves, a fatal error, or
 /// `shutdown`. `prefix` holds bytes already read while sniffing the protocol.
+/// Serves a STOMP connection. `websocket`: the connection was upgraded to
+/// a WebSocket; it holds what was read past the upgrade request.
 pub async fn serve(
     stream: TcpStream,
     prefix: BytesMut,
+    websocket: Option<BytesMut>,
     broker: Arc<Broker>,
     settings: Arc<StompSettings>,
     shutdown: CancellationToken,
@@ -210,6 +290,21 @@ pub async fn serve(
     let outbox = Arc::new(Outbox::new());
     let conn_token = shutdown.child_token();
     let temp_names = Arc::new(mapping::TempNames::default());
+    let (read, write) = match websocket {
+        None => (StompRead::Tcp(read), StompWrite::Tcp(write)),
+        Some(leftover) => {
+            let replies = control.clone();
+            let reply = Box::new(move |frame: Vec<u8>| {
+                // A full channel means a client that does not read: its
+                // pong can wait for the next ping.
+                let _ = replies.try_send(Ctl::Raw(frame));
+            });
+            (
+                StompRead::Ws(WsReader::new(read, leftover, reply)),
+                StompWrite::Ws(WsWriter::new(write)),
+            )
+        }
+    };
     let writer = tokio::spawn(writer(
         write,
         control_rx,
@@ -1087,7 +1182,7 @@ fn parse_heart_beat(value: &str) -> Option<(u64, u64)> {
 
 /// The writer task: the only one that writes to the socket.
 async fn writer(
-    mut sock: OwnedWriteHalf,
+    mut sock: StompWrite,
     mut control: mpsc::Receiver<Ctl>,
     outbox: Arc<Outbox<Out>>,
     temp_names: Arc<mapping::TempNames>,
@@ -1114,6 +1209,12 @@ async fn writer(
                         heart_beat = Some(heart_beat_timer(d));
                         hb_period = d;
                     }
+                    Some(Ctl::Raw(frame)) => {
+                        if sock.frames(&mut buf).await.is_err() || sock.control(&frame).await.is_err() {
+                            token.cancel();
+                            return;
+                        }
+                    }
                     None => control_open = false,
                 },
                 _ = outbox.ready() => {}
@@ -1139,6 +1240,12 @@ async fn writer(
                     heart_beat = Some(heart_beat_timer(d));
                     hb_period = d;
                 }
+                Ok(Ctl::Raw(frame)) => {
+                    if sock.frames(&mut buf).await.is_err() || sock.control(&frame).await.is_err() {
+                        token.cancel();
+                        return;
+                    }
+                }
                 Err(_) => break,
             }
         }
@@ -1161,13 +1268,10 @@ async fn writer(
                 INLINE_BODY_LIMIT,
             );
             if let Some(body) = big {
-                if write_out(&mut sock, &mut buf).await.is_err()
-                    || sock.write_all(&body).await.is_err()
-                {
+                if sock.big(&mut buf, &body).await.is_err() {
                     token.cancel();
                     return;
                 }
-                buf.extend_from_slice(b"\0\n");
             }
             match written.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &ctx)) {
                 Some((_, seq)) => *seq = delivery.seq,
@@ -1175,7 +1279,7 @@ async fn writer(
             }
         }
         if !buf.is_empty() {
-            if write_out(&mut sock, &mut buf).await.is_err() {
+            if sock.frames(&mut buf).await.is_err() {
                 token.cancel();
                 return;
             }
@@ -1197,10 +1301,4 @@ fn heart_beat_timer(period: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval_at(Instant::now() + period, period);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     i
-}
-
-async fn write_out(sock: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
-    let res = sock.write_all(buf).await;
-    buf.clear();
-    res
 }

@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod outbox;
+pub mod websocket;
 
 /// Ends a connection's writer task: it flushes what the session queued,
 /// but a peer that stopped reading does not keep it around for long.
@@ -40,6 +41,8 @@ pub enum ListenerKind {
     Auto,
     Stomp,
     OpenWire,
+    /// STOMP over WebSocket.
+    WebSocket,
 }
 
 /// What the first bytes of a connection say it speaks.
@@ -111,6 +114,7 @@ impl Server {
             ("listeners.auto", ListenerKind::Auto),
             ("listeners.stomp", ListenerKind::Stomp),
             ("listeners.openwire", ListenerKind::OpenWire),
+            ("listeners.ws", ListenerKind::WebSocket),
         ] {
             if let Some(addr) = config.listener(key) {
                 let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -123,7 +127,7 @@ impl Server {
         let mut core = config.core_config();
         if let Some(addr) = listeners
             .iter()
-            .find(|(k, _)| *k != ListenerKind::Stomp)
+            .find(|(k, _)| matches!(k, ListenerKind::Auto | ListenerKind::OpenWire))
             .and_then(|(_, l)| l.local_addr().ok())
         {
             core.broker_url = format!("tcp://{addr}");
@@ -269,6 +273,24 @@ async fn serve_connection(
 ) {
     let mut prefix = BytesMut::with_capacity(4096);
     let protocol = match kind {
+        ListenerKind::WebSocket => {
+            tracing::Span::current().record("protocol", "stomp+ws");
+            let wait = settings.stomp.connect_timeout;
+            let Some(leftover) = websocket_upgrade(&mut stream, prefix, wait, &shutdown).await
+            else {
+                return;
+            };
+            crate::stomp::session::serve(
+                stream,
+                BytesMut::new(),
+                Some(leftover),
+                broker,
+                settings.stomp,
+                shutdown,
+            )
+            .await;
+            return;
+        }
         ListenerKind::Stomp => Sniffed::Stomp,
         ListenerKind::OpenWire => Sniffed::OpenWire,
         ListenerKind::Auto => {
@@ -306,7 +328,64 @@ async fn serve_connection(
         crate::openwire::session::serve(stream, prefix, broker, settings.openwire, shutdown).await;
     } else {
         tracing::Span::current().record("protocol", "stomp");
-        crate::stomp::session::serve(stream, prefix, broker, settings.stomp, shutdown).await;
+        crate::stomp::session::serve(stream, prefix, None, broker, settings.stomp, shutdown).await;
+    }
+}
+
+/// Reads a WebSocket upgrade request and answers it: `101` and what was read
+/// past the request, or an HTTP error (and `None`: the connection closes).
+async fn websocket_upgrade(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Option<BytesMut> {
+    use tokio::io::AsyncWriteExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let head = loop {
+        if let Some(end) = websocket::head_end(&buf) {
+            break Ok(end);
+        }
+        if websocket::not_http(&buf) {
+            break Err(websocket::Refusal {
+                status: 400,
+                reason: "Bad Request",
+                text: "not an HTTP request: this port speaks STOMP over WebSocket".into(),
+            });
+        }
+        if buf.len() > websocket::MAX_REQUEST {
+            break Err(websocket::Refusal {
+                status: 431,
+                reason: "Request Header Fields Too Large",
+                text: format!("the request head is over {} bytes", websocket::MAX_REQUEST),
+            });
+        }
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep_until(deadline) => {
+                info!("no WebSocket upgrade in time; closing");
+                return None;
+            }
+            read = stream.read_buf(&mut buf) => read,
+        };
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    };
+    match head.and_then(|end| websocket::parse_upgrade(&buf[..end]).map(|u| (u, end))) {
+        Ok((upgrade, end)) => {
+            let response = websocket::accept_response(&upgrade);
+            stream.write_all(response.as_bytes()).await.ok()?;
+            let _ = buf.split_to(end);
+            Some(buf)
+        }
+        Err(refusal) => {
+            warn!(status = refusal.status, reason = %refusal.text, "WebSocket upgrade refused");
+            let _ = stream.write_all(refusal.response().as_bytes()).await;
+            let _ = stream.shutdown().await;
+            None
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestBroker {
     pub stomp: SocketAddr,
     pub auto: SocketAddr,
+    /// STOMP over WebSocket, unless a test turned it off.
+    pub ws: Option<SocketAddr>,
     pub broker: Arc<ferromq::broker::Broker>,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
@@ -49,15 +51,18 @@ impl TestBroker {
         config.broker.data_dir = data_dir.to_path_buf();
         config.listeners.auto = "127.0.0.1:0".into();
         config.listeners.stomp = "127.0.0.1:0".into();
+        config.listeners.ws = "127.0.0.1:0".into();
         tweak(&mut config);
         let server = Server::bind(&config).await.unwrap();
         let stomp = server.local_addr(ListenerKind::Stomp).unwrap();
         let auto = server.local_addr(ListenerKind::Auto).unwrap();
+        let ws = server.local_addr(ListenerKind::WebSocket);
         let broker = server.broker();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestBroker {
             stomp,
+            ws,
             auto,
             broker,
             shutdown,

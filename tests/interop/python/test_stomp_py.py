@@ -30,6 +30,8 @@ import stomp
 
 HOST = os.environ.get("STOMP_HOST", "127.0.0.1")
 PORT = int(os.environ.get("STOMP_PORT", "61613"))
+# The broker's STOMP-over-WebSocket listener (ActiveMQ's ws://, 61614).
+WS_PORT = int(os.environ.get("WS_PORT", "61614"))
 
 WAIT = 5.0  # default bound for "this frame must arrive"
 QUIET = 1.0  # how long we listen to conclude "nothing (more) arrives"
@@ -158,17 +160,20 @@ class Recorder(stomp.ConnectionListener):
 class Client:
     """One stomp.py connection plus its Recorder."""
 
-    def __init__(self, version="1.2", heartbeats=(0, 0), headers=None, auto_decode=True, port=None):
+    def __init__(self, version="1.2", heartbeats=(0, 0), headers=None, auto_decode=True, port=None, ws=False):
         self.version = version
         self.rec = Recorder()
-        port = port or PORT
+        port = port or (WS_PORT if ws else PORT)
         common = dict(
             host_and_ports=[(HOST, port)],
             timeout=WAIT,
             reconnect_attempts_max=1,
             auto_decode=auto_decode,
         )
-        if version == "1.0":
+        if ws:
+            # stomp.py's WebSocket transport (websocket-client underneath).
+            self.conn = stomp.WSStompConnection(heartbeats=heartbeats, ws_path="/", **common)
+        elif version == "1.0":
             self.conn = stomp.Connection10(**common)
         elif version == "1.1":
             self.conn = stomp.Connection11(heartbeats=heartbeats, **common)
@@ -787,6 +792,67 @@ def test_large_5mib_body(client):
     assert m.headers.get("content-length") == str(len(body))
     assert len(m.body) == len(body)
     assert m.body == body
+
+
+# ---------------------------------------------------------------------------
+# STOMP over WebSocket (stomp.py's WSStompConnection) and plain TCP together
+# ---------------------------------------------------------------------------
+
+
+def test_websocket_and_tcp_clients_exchange_messages_with_acks(client):
+    q = queue_name("ws")
+    ws = client(ws=True)
+    assert ws.connected_headers.get("version") == "1.2"
+    tcp = client()
+    ws.subscribe(q, "w1", ack="client-individual")
+    body = "über WebSocket " + uid()
+    tcp.send(q, body, headers={"x-trace": "t-1"})
+    m = ws.rec.get()
+    assert m.body == body
+    assert m.headers.get("x-trace") == "t-1"
+    ws.conn.ack(m.headers["ack"], receipt="acked")
+    ws.rec.wait_receipt("acked")
+    # and back: what the WebSocket client sends, the TCP client gets
+    q2 = queue_name("ws-back")
+    tcp.subscribe(q2, "t1")
+    ws.send(q2, "back " + body)
+    assert tcp.rec.get().body == "back " + body
+    # the acked message is gone: a new consumer gets nothing
+    ws.disconnect()
+    again = client()
+    again.subscribe(q, "again")
+    assert_nothing(again, "after the ack")
+
+
+def test_websocket_transactions_binary_and_large_bodies(client):
+    q = queue_name("ws-tx")
+    ws = client(ws=True, auto_decode=False)
+    ws.subscribe(q, "s1")
+    ws.conn.begin("tx1")
+    ws.conn.send(q, b"in tx", transaction="tx1")
+    assert_nothing(ws, "before the commit", 0.3)
+    ws.conn.commit("tx1")
+    assert ws.rec.get().body == b"in tx"
+    binary = b"\x00\xff\xfe\x00" + bytes(range(256))
+    ws.send(q, binary)
+    m = ws.rec.get()
+    assert m.body == binary
+    big = bytes(range(256)) * (8 * 1024)  # 2 MiB with NULs
+    ws.send(q, big)
+    assert ws.rec.get(timeout=10).body == big
+
+
+def test_websocket_heartbeats_keep_the_connection_alive(client):
+    ws = client(ws=True, heartbeats=(300, 300))
+    assert ws.connected_headers.get("heart-beat") == "300,300"
+    time.sleep(2.0)
+    assert ws.conn.is_connected()
+    assert ws.rec.heartbeat_timeouts == 0
+    assert ws.rec.heartbeats >= 2, ws.rec.heartbeats
+    q = queue_name("ws-hb")
+    ws.subscribe(q, "s1")
+    ws.send(q, "alive")
+    assert ws.rec.get().body == "alive"
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
