@@ -199,6 +199,30 @@ async fn stomp_frames_cut_and_joined_any_way_in_websocket_messages() {
         "{}",
         m3.len()
     );
+    // Queued before the subscription, so that they are written together:
+    // the body that is not UTF-8 still comes alone, in a binary message.
+    tcp.send_text("/queue/ws2", "before", None).await;
+    tcp.send(
+        &frame(Command::Send, &[("destination", "/queue/ws2")])
+            .with_header("content-length", "2")
+            .with_body(bytes::Bytes::from_static(&[0xc3, 0x28])),
+    )
+    .await;
+    tcp.send_text("/queue/ws2", "after", Some("queued")).await;
+    ws.text("SUBSCRIBE\nid:2\ndestination:/queue/ws2\n\n\0")
+        .await;
+    let (op, before) = ws.stomp().await;
+    assert_eq!(op, 1);
+    assert!(before.ends_with("\n\nbefore\0\n"), "{before:?}");
+    let (op, payload) = ws.next().await.unwrap();
+    assert_eq!(op, 2);
+    assert!(payload.ends_with(b"\n\n\xc3\x28\0\n") && payload.starts_with(b"MESSAGE\n"));
+    let (op, after) = ws.stomp().await;
+    assert_eq!(op, 1);
+    assert!(
+        after.starts_with("MESSAGE\n") && after.ends_with("\n\nafter\0\n"),
+        "{after:?}"
+    );
     // DISCONNECT: the receipt, then a normal close, then the end.
     ws.text("DISCONNECT\nreceipt:bye\n\n\0").await;
     let (_, receipt) = ws.stomp().await;

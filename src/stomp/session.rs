@@ -28,7 +28,7 @@ use crate::stomp::mapping::{
     self, encode_message, parse_ack_id, parse_destination, AckMode, MappingError,
 };
 use crate::transport::outbox::Outbox;
-use crate::transport::websocket::{WsReader, WsWriter};
+use crate::transport::websocket::{CloseReply, WsReader, WsWriter};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -121,7 +121,7 @@ impl From<MappingError> for ProtocolError {
 enum Ctl {
     Frame(Bytes),
     HeartBeat(Duration),
-    /// A WebSocket control frame (pong, close), written as it is.
+    /// A WebSocket pong, written as it is.
     Raw(Vec<u8>),
 }
 
@@ -216,11 +216,15 @@ impl StompWrite {
                 Ok(())
             }
             StompWrite::Ws(ws) => {
-                let res = ws.message(&[buf, body, b"\0\n"]).await;
+                let res = ws.big_frame(buf, body).await;
                 buf.clear();
                 res
             }
         }
+    }
+
+    fn is_ws(&self) -> bool {
+        matches!(self, StompWrite::Ws(_))
     }
 
     async fn control(&mut self, frame: &[u8]) -> std::io::Result<()> {
@@ -294,14 +298,15 @@ pub async fn serve(
         None => (StompRead::Tcp(read), StompWrite::Tcp(write)),
         Some(leftover) => {
             let replies = control.clone();
-            let reply = Box::new(move |frame: Vec<u8>| {
+            let pong = Box::new(move |frame: Vec<u8>| {
                 // A full channel means a client that does not read: its
                 // pong can wait for the next ping.
                 let _ = replies.try_send(Ctl::Raw(frame));
             });
+            let close = Arc::new(CloseReply::default());
             (
-                StompRead::Ws(WsReader::new(read, leftover, reply)),
-                StompWrite::Ws(WsWriter::new(write)),
+                StompRead::Ws(WsReader::new(read, leftover, pong, close.clone())),
+                StompWrite::Ws(WsWriter::new(write, close)),
             )
         }
     };
@@ -1199,7 +1204,7 @@ async fn writer(
     // Made once: a cancellation future registers itself when polled.
     let cancelled = token.cancelled();
     tokio::pin!(cancelled);
-    loop {
+    'serve: loop {
         if outbox.is_empty() {
             tokio::select! {
                 biased;
@@ -1212,7 +1217,7 @@ async fn writer(
                     Some(Ctl::Raw(frame)) => {
                         if sock.frames(&mut buf).await.is_err() || sock.control(&frame).await.is_err() {
                             token.cancel();
-                            return;
+                            break 'serve;
                         }
                     }
                     None => control_open = false,
@@ -1243,7 +1248,7 @@ async fn writer(
                 Ok(Ctl::Raw(frame)) => {
                     if sock.frames(&mut buf).await.is_err() || sock.control(&frame).await.is_err() {
                         token.cancel();
-                        return;
+                        break 'serve;
                     }
                 }
                 Err(_) => break,
@@ -1258,6 +1263,13 @@ async fn writer(
                 }
                 w.last_written = delivery.seq;
             }
+            // Over WebSocket, a body that is not UTF-8 goes in a (binary)
+            // message of its own: the frames around it stay text.
+            let alone = sock.is_ws() && std::str::from_utf8(&delivery.message.body).is_err();
+            if alone && !buf.is_empty() && sock.frames(&mut buf).await.is_err() {
+                token.cancel();
+                break 'serve;
+            }
             let big = encode_message(
                 &mut buf,
                 &ctx.stomp_id,
@@ -1267,11 +1279,17 @@ async fn writer(
                 &mut memo,
                 INLINE_BODY_LIMIT,
             );
-            if let Some(body) = big {
-                if sock.big(&mut buf, &body).await.is_err() {
-                    token.cancel();
-                    return;
-                }
+            let flush = match &big {
+                Some(body) => sock.big(&mut buf, body).await,
+                None if alone => sock.frames(&mut buf).await,
+                None => Ok(()),
+            };
+            if flush.is_err() {
+                token.cancel();
+                break 'serve;
+            }
+            if big.is_some() || alone {
+                last_write = Instant::now();
             }
             match written.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &ctx)) {
                 Some((_, seq)) => *seq = delivery.seq,
@@ -1281,7 +1299,7 @@ async fn writer(
         if !buf.is_empty() {
             if sock.frames(&mut buf).await.is_err() {
                 token.cancel();
-                return;
+                break 'serve;
             }
             last_write = Instant::now();
         }

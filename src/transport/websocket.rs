@@ -15,6 +15,8 @@
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -176,7 +178,8 @@ pub fn not_http(buf: &[u8]) -> bool {
 /// Checks a complete request head (up to and including its blank line).
 pub fn parse_upgrade(head: &[u8]) -> Result<Upgrade, Refusal> {
     let bad = |text: &str| Refusal::new(400, "Bad Request", text);
-    let head = std::str::from_utf8(head).map_err(|_| bad("the request is not UTF-8"))?;
+    // Header values may hold obs-text (a cookie, say): not our business.
+    let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
@@ -246,6 +249,13 @@ pub fn parse_upgrade(head: &[u8]) -> Result<Upgrade, Refusal> {
             .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
         {
             Some(p) => Some(*p),
+            // ActiveMQ serves any STOMP-looking offer, as plain "stomp".
+            None if offered
+                .iter()
+                .any(|o| o.to_ascii_lowercase().contains("stomp")) =>
+            {
+                Some("stomp")
+            }
             None => {
                 return Err(bad(&format!(
                     "no supported sub-protocol in '{}' (this port speaks {})",
@@ -301,6 +311,39 @@ pub fn small_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// A close frame with a status code.
 pub fn close_frame(code: u16) -> Vec<u8> {
     small_frame(OP_CLOSE, &code.to_be_bytes())
+}
+
+/// The close frame the writer ends with, as the reader learnt it: the
+/// client's close (echoed) or a protocol error (1002). Shared by the two
+/// halves of a connection, so that it cannot be lost behind a full queue and
+/// so that no data follows a close.
+#[derive(Debug, Default)]
+pub struct CloseReply(AtomicU32);
+
+/// In [`CloseReply`]: the client's close had no status code.
+const CLOSE_EMPTY: u32 = 1 << 16;
+
+impl CloseReply {
+    /// Sets the reply unless one is set already.
+    fn set(&self, v: u32) {
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// True once the client closed (or failed) the connection.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire) != 0
+    }
+
+    /// The close frame to send: the one set, or a normal close.
+    fn frame(&self) -> Vec<u8> {
+        match self.0.load(Ordering::Acquire) {
+            0 => close_frame(CLOSE_NORMAL),
+            CLOSE_EMPTY => small_frame(OP_CLOSE, &[]),
+            code => close_frame(code as u16),
+        }
+    }
 }
 
 /// A client frame's header.
@@ -399,31 +442,41 @@ enum ReadState {
 }
 
 /// Turns a client's WebSocket frames back into the byte stream they carry.
-/// Control frames never reach the reader: a ping is answered with a pong, a
-/// close with a close (then end of stream); `reply` hands those frames to
-/// whoever writes the socket.
+/// Control frames never reach the reader: a ping is answered with a pong
+/// (handed to `pong`, for whoever writes the socket); a close ends the
+/// stream, and the writer answers it when the connection closes (see
+/// [`CloseReply`]).
 pub struct WsReader<R> {
     inner: R,
     buf: BytesMut,
     state: ReadState,
-    reply: Box<dyn FnMut(Vec<u8>) + Send>,
+    /// Inside a fragmented message (a continuation must follow).
+    in_message: bool,
+    pong: Box<dyn FnMut(Vec<u8>) + Send>,
+    close: Arc<CloseReply>,
 }
 
 impl<R> WsReader<R> {
     /// `leftover`: what was read past the upgrade request.
-    pub fn new(inner: R, leftover: BytesMut, reply: Box<dyn FnMut(Vec<u8>) + Send>) -> Self {
+    pub fn new(
+        inner: R,
+        leftover: BytesMut,
+        pong: Box<dyn FnMut(Vec<u8>) + Send>,
+        close: Arc<CloseReply>,
+    ) -> Self {
         WsReader {
             inner,
             buf: leftover,
             state: ReadState::Head,
-            reply,
+            in_message: false,
+            pong,
+            close,
         }
     }
 
-    /// Fails the connection: a close frame with 1002 goes out, the read an
-    /// error.
+    /// Fails the connection: it closes with 1002, the read is an error.
     fn fail(&mut self, why: &'static str) -> io::Error {
-        (self.reply)(close_frame(CLOSE_PROTOCOL_ERROR));
+        self.close.set(CLOSE_PROTOCOL_ERROR as u32);
         self.state = ReadState::Done;
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -470,6 +523,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for WsReader<R> {
                 ReadState::Head => match parse_head(&this.buf) {
                     Err(why) => return Poll::Ready(Err(this.fail(why))),
                     Ok(Some((head, used))) => {
+                        if head.opcode < OP_CLOSE {
+                            let continuation = head.opcode == OP_CONTINUATION;
+                            if continuation != this.in_message {
+                                return Poll::Ready(Err(this.fail(if continuation {
+                                    "a continuation frame with no message to continue"
+                                } else {
+                                    "a new message before the last one ended"
+                                })));
+                            }
+                            this.in_message = !head.fin;
+                        } else if head.opcode == OP_CLOSE && head.len == 1 {
+                            return Poll::Ready(Err(this.fail("a close frame of one byte")));
+                        }
                         this.buf.advance(used);
                         this.state = if head.opcode >= OP_CLOSE {
                             ReadState::Control {
@@ -496,17 +562,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for WsReader<R> {
                         unmask(&mut payload, mask, 0);
                         match opcode {
                             OP_PING => {
-                                (this.reply)(small_frame(OP_PONG, &payload));
+                                (this.pong)(small_frame(OP_PONG, &payload));
                                 this.state = ReadState::Head;
                             }
                             OP_CLOSE => {
-                                // Echo the status code; then the stream ends.
-                                let code = if payload.len() >= 2 {
-                                    &payload[..2]
+                                // Echo the status code; the stream ends.
+                                this.close.set(if payload.len() >= 2 {
+                                    u16::from_be_bytes([payload[0], payload[1]]) as u32
                                 } else {
-                                    &[][..]
-                                };
-                                (this.reply)(small_frame(OP_CLOSE, code));
+                                    CLOSE_EMPTY
+                                });
                                 this.state = ReadState::Done;
                             }
                             _ => this.state = ReadState::Head,
@@ -534,16 +599,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for WsReader<R> {
 }
 
 /// Writes STOMP frames to a WebSocket client: each call one message, text
-/// when it is UTF-8 (as ActiveMQ sends STOMP), binary otherwise.
+/// when it is UTF-8 (as ActiveMQ sends STOMP), binary otherwise. Once the
+/// client has closed, no more data goes out (the write fails, so nothing
+/// counts as delivered).
 pub struct WsWriter<W> {
     inner: W,
+    close: Arc<CloseReply>,
     close_sent: bool,
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
-    pub fn new(inner: W) -> Self {
+    pub fn new(inner: W, close: Arc<CloseReply>) -> Self {
         WsWriter {
             inner,
+            close,
             close_sent: false,
         }
     }
@@ -551,6 +620,12 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// One message made of `parts` (whole STOMP frames), written without
     /// copying them.
     pub async fn message(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        if self.close_sent || self.close.is_set() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the WebSocket is closing",
+            ));
+        }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len == 0 {
             return Ok(());
@@ -581,23 +656,31 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         self.message(&[buf]).await
     }
 
-    /// A control frame made by the reader (pong, close).
+    /// `head` (whole frames, then the head of one more) and that frame's
+    /// body and end, in one message; heart-beat EOLs ahead go alone, as in
+    /// [`WsWriter::frames`].
+    pub async fn big_frame(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let eols = head.iter().take_while(|&&b| b == b'\n').count();
+        if eols > 0 {
+            self.message(&[&head[..eols]]).await?;
+        }
+        self.message(&[&head[eols..], body, b"\0\n"]).await
+    }
+
+    /// A control frame made by the reader (a pong).
     pub async fn control(&mut self, frame: &[u8]) -> io::Result<()> {
         if self.close_sent {
             return Ok(());
         }
-        if frame.first() == Some(&(0x80 | OP_CLOSE)) {
-            self.close_sent = true;
-        }
         self.inner.write_all(frame).await
     }
 
-    /// Ends the connection: a normal close (unless one went already), then
-    /// the TCP shutdown.
+    /// Ends the connection: the close frame (the client's echoed, 1002
+    /// after a protocol error, else a normal close), then the TCP shutdown.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         if !self.close_sent {
             self.close_sent = true;
-            let _ = self.inner.write_all(&close_frame(CLOSE_NORMAL)).await;
+            let _ = self.inner.write_all(&self.close.frame()).await;
         }
         self.inner.shutdown().await
     }
@@ -688,6 +771,14 @@ mod tests {
             refused(&request("").replace("Version: 13", "Version: 8")).status,
             426
         );
+        // ActiveMQ takes any STOMP-looking offer as "stomp".
+        let u = parse_upgrade(request("Sec-WebSocket-Protocol: v13.stomp\r\n").as_bytes()).unwrap();
+        assert_eq!(u.protocol, Some("stomp"));
+        // Bytes that are not UTF-8 in a header value do not matter.
+        let mut r = request("Cookie: caf\u{e9}\r\n").into_bytes();
+        let at = r.iter().position(|&b| b == 0xc3).unwrap();
+        r.remove(at);
+        assert!(parse_upgrade(&r).is_ok());
         let r = refused(&request("Sec-WebSocket-Protocol: mqtt\r\n"));
         assert_eq!(r.status, 400);
         assert!(r.text.contains("mqtt"), "{}", r.text);
@@ -750,15 +841,20 @@ mod tests {
         assert_eq!(parse_head(&long).unwrap().unwrap().0.len, 70_000);
     }
 
-    async fn read_all(frames: Vec<u8>, chunk: usize) -> (Vec<u8>, Vec<Vec<u8>>, bool) {
+    /// What a reader makes of `frames` fed `chunk` bytes at a time: the
+    /// bytes, the pongs, the close it leaves for the writer, and whether
+    /// the stream ended without an error.
+    async fn read_all(frames: Vec<u8>, chunk: usize) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>, bool) {
         use tokio::io::AsyncReadExt;
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let r2 = replies.clone();
+        let close = Arc::new(CloseReply::default());
         let mut reader = WsReader::new(
             server,
             BytesMut::new(),
             Box::new(move |f| r2.lock().unwrap().push(f)),
+            close.clone(),
         );
         let writer = tokio::spawn(async move {
             for c in frames.chunks(chunk) {
@@ -771,7 +867,7 @@ mod tests {
         let res = reader.read_to_end(&mut got).await;
         drop(writer.await);
         let replies = replies.lock().unwrap().clone();
-        (got, replies, res.is_ok())
+        (got, replies, close.frame(), res.is_ok())
     }
 
     #[tokio::test]
@@ -785,48 +881,66 @@ mod tests {
         stream.extend(client_frame(0x88, &1000u16.to_be_bytes(), [4, 3, 2, 1]));
         stream.extend(client_frame(0x81, b"after the close", [4, 3, 2, 1]));
         for chunk in [1, 3, 7, 4096] {
-            let (got, replies, ok) = read_all(stream.clone(), chunk).await;
+            let (got, pongs, close, ok) = read_all(stream.clone(), chunk).await;
             assert!(ok);
             let mut want = b"CONNECT\naccept-version:1.2\n\n\0".to_vec();
             want.extend(vec![0xAB; 300]);
             assert_eq!(got, want, "chunk {chunk}");
-            assert_eq!(
-                replies,
-                vec![small_frame(OP_PONG, b"hi"), close_frame(1000)],
-                "chunk {chunk}"
-            );
+            assert_eq!(pongs, vec![small_frame(OP_PONG, b"hi")], "chunk {chunk}");
+            assert_eq!(close, close_frame(1000), "chunk {chunk}");
         }
+        // A close without a code is echoed without one.
+        let (_, _, close, ok) = read_all(client_frame(0x88, b"", [1, 2, 3, 4]), 4096).await;
+        assert!(ok);
+        assert_eq!(close, vec![0x88, 0]);
+    }
+
+    #[tokio::test]
+    async fn the_reader_fails_on_broken_fragmentation_and_odd_closes() {
+        let failed = |stream: Vec<u8>| async move {
+            let (_, _, close, ok) = read_all(stream, 4096).await;
+            assert!(!ok);
+            assert_eq!(close, close_frame(CLOSE_PROTOCOL_ERROR));
+        };
+        failed(client_frame(0x80, b"nothing to continue", [1, 2, 3, 4])).await;
+        let mut s = client_frame(0x01, b"started", [1, 2, 3, 4]);
+        s.extend(client_frame(0x81, b"new message", [1, 2, 3, 4]));
+        failed(s).await;
+        failed(client_frame(0x88, b"x", [1, 2, 3, 4])).await;
     }
 
     #[tokio::test]
     async fn the_reader_fails_on_an_unmasked_frame() {
         let mut stream = client_frame(0x81, b"ok", [1, 2, 3, 4]);
         stream.extend([0x81, 0x02, b'n', b'o']);
-        let (got, replies, ok) = read_all(stream, 4096).await;
+        let (got, pongs, close, ok) = read_all(stream, 4096).await;
         assert!(!ok);
         assert_eq!(got, b"ok");
-        assert_eq!(replies, vec![close_frame(CLOSE_PROTOCOL_ERROR)]);
+        assert!(pongs.is_empty());
+        assert_eq!(close, close_frame(CLOSE_PROTOCOL_ERROR));
     }
 
     #[tokio::test]
     async fn the_writer_sends_whole_frames_as_text_or_binary() {
         use tokio::io::AsyncReadExt;
         let (client, mut server) = tokio::io::duplex(1 << 20);
-        let mut w = WsWriter::new(client);
+        let close = Arc::new(CloseReply::default());
+        let mut w = WsWriter::new(client, close.clone());
         w.frames(b"\nMESSAGE\n\nhi\0\n").await.unwrap();
-        w.message(&[b"MESSAGE\n\n", &[0xff, 0xfe], b"\0\n"])
-            .await
-            .unwrap();
+        w.big_frame(b"\nMESSAGE\n\n", &[0xff, 0xfe]).await.unwrap();
         w.control(&small_frame(OP_PONG, b"x")).await.unwrap();
+        // The client closed: no more data, and its close is echoed.
+        close.set(1001);
+        assert!(w.frames(b"MESSAGE\n\nlate\0\n").await.is_err());
         w.shutdown().await.unwrap();
         drop(w);
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.unwrap();
         let mut want = vec![0x81, 1, b'\n', 0x81, 13];
         want.extend_from_slice(b"MESSAGE\n\nhi\0\n");
-        want.extend([0x82, 13]);
+        want.extend([0x81, 1, b'\n', 0x82, 13]);
         want.extend_from_slice(b"MESSAGE\n\n\xff\xfe\0\n");
-        want.extend([0x8A, 1, b'x', 0x88, 2, 0x03, 0xE8]);
+        want.extend([0x8A, 1, b'x', 0x88, 2, 0x03, 0xE9]);
         assert_eq!(got, want);
     }
 }
