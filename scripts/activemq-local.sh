@@ -33,6 +33,8 @@
 #   AMQ_STOMP_SCHEME   stomp | stomp+nio (default: stomp)
 #   AMQ_START_TIMEOUT  seconds to wait for the ports (default: 90)
 #   AMQ_MEMORY_LIMIT   broker memoryUsage limit, e.g. "64 mb" (default: 70% of the heap)
+#   AMQ_SCHEDULER_SUPPORT  true: schedulerSupport on (the interoperability suites' setting;
+#                      default false, as ActiveMQ's)
 #   AMQ_PLUGINS_FILE   an XML file whose content goes into <broker> as is, e.g. the
 #                      security plugins of tests/interop/secure-activemq.xml
 #
@@ -106,7 +108,8 @@ write_config() {
   <broker xmlns="http://activemq.apache.org/schema/core"
           useJmx="false"
           brokerName="activemq-local-$STOMP_PORT"
-          dataDirectory="$DATA_DIR">
+          dataDirectory="$DATA_DIR"
+          schedulerSupport="${AMQ_SCHEDULER_SUPPORT:-false}">
 
     <persistenceAdapter>
       <kahaDB directory="$DATA_DIR/kahadb"/>

@@ -54,7 +54,7 @@ for _ in range(5):
 print(*ports)
 PY
 )
-./target/release/ferromq --config conf/broker.toml --data-dir "$data" \
+./target/release/ferromq --config tests/interop/interop.toml --data-dir "$data" \
     --stomp-addr "127.0.0.1:$stomp_port" --auto-addr "127.0.0.1:$auto_port" \
     --ws-addr "127.0.0.1:$ws_port" >"$data/broker.log" 2>&1 &
 broker=$!

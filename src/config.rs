@@ -119,6 +119,10 @@ pub struct BrokerSection {
     /// `virtual_topic_prefix` + the topic's name. "" disables them.
     pub virtual_topics: String,
     pub virtual_topic_prefix: String,
+    /// ActiveMQ's `schedulerSupport`: messages with `AMQ_SCHEDULED_DELAY`,
+    /// `AMQ_SCHEDULED_PERIOD`, `AMQ_SCHEDULED_REPEAT` are held and sent
+    /// later. Off (as ActiveMQ): they go at once.
+    pub scheduler_support: bool,
 }
 
 /// Listener addresses; an empty string disables a listener.
@@ -162,6 +166,9 @@ pub struct LimitsSection {
     pub destination_memory_limit: usize,
     /// Bytes one open transaction may hold.
     pub max_transaction_size: usize,
+    /// Bytes of scheduled messages held (ActiveMQ's jobSchedulerUsage);
+    /// past it, a scheduled send is refused.
+    pub scheduler_memory_limit: usize,
 }
 
 /// Users and authorization (ActiveMQ's simpleAuthenticationPlugin and
@@ -260,6 +267,7 @@ impl Default for BrokerSection {
             expire_messages_period_ms: 30_000,
             virtual_topics: "VirtualTopic.>".into(),
             virtual_topic_prefix: "Consumer.*.".into(),
+            scheduler_support: false,
         }
     }
 }
@@ -299,6 +307,7 @@ impl Default for LimitsSection {
             max_connections: 10_000,
             destination_memory_limit: 64 * 1024 * 1024,
             max_transaction_size: 64 * 1024 * 1024,
+            scheduler_memory_limit: 256 * 1024 * 1024,
         }
     }
 }
@@ -511,6 +520,8 @@ impl Config {
             security: std::sync::Arc::new(self.security.security()),
             virtual_topics: self.broker.virtual_topics.trim().to_string(),
             virtual_topic_prefix: self.broker.virtual_topic_prefix.trim().to_string(),
+            scheduler_support: self.broker.scheduler_support,
+            scheduler_memory_limit: self.limits.scheduler_memory_limit,
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod destination;
 pub mod message;
 pub mod queue;
+pub mod scheduler;
 pub mod security;
 pub mod selector;
 pub mod subscription;
@@ -51,6 +52,11 @@ pub struct CoreConfig {
     /// Queues named this prefix plus a virtual topic's name each get a copy
     /// of its messages (`Consumer.*.`: `Consumer.A.VirtualTopic.X`).
     pub virtual_topic_prefix: String,
+    /// Scheduled delivery (ActiveMQ's `schedulerSupport`); off: scheduling
+    /// properties are ignored.
+    pub scheduler_support: bool,
+    /// Bytes of scheduled messages held at most.
+    pub scheduler_memory_limit: usize,
 }
 
 impl Default for CoreConfig {
@@ -64,6 +70,8 @@ impl Default for CoreConfig {
             security: Arc::default(),
             virtual_topics: "VirtualTopic.>".into(),
             virtual_topic_prefix: "Consumer.*.".into(),
+            scheduler_support: false,
+            scheduler_memory_limit: 256 * 1024 * 1024,
         }
     }
 }
@@ -295,6 +303,10 @@ pub struct Broker {
     ids: AtomicU64,
     /// `ID:<host>-<pid>-<start millis>`: the prefix of every id this broker makes.
     id_prefix: String,
+    /// Scheduled messages waiting (see [`Broker::run_scheduler`]).
+    jobs: scheduler::Jobs,
+    /// The producer id of the copies repeating jobs send.
+    scheduler_producer: Arc<str>,
     me: Weak<Broker>,
 }
 
@@ -316,6 +328,8 @@ impl Broker {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
         let id_prefix = format!("ID:{host}-{}-{}", std::process::id(), message::now_millis());
+        let jobs = scheduler::Jobs::new(config.scheduler_memory_limit);
+        let scheduler_producer = Arc::from(format!("{id_prefix}-1:0:0:0"));
         Arc::new_cyclic(|me| Broker {
             config,
             queues: DashMap::new(),
@@ -327,6 +341,8 @@ impl Broker {
             store,
             ids: AtomicU64::new(1),
             id_prefix,
+            jobs,
+            scheduler_producer,
             me: me.clone(),
         })
     }
@@ -1383,6 +1399,15 @@ impl Broker {
         target: &Target,
         message: Message,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
+        if let Some(spec) = self.scheduling(&message)? {
+            let (job, op) = self.new_job(message, spec)?;
+            if let (Some(op), Some(store)) = (op, &self.store) {
+                self.store_room().await?;
+                store.write(vec![op]).await?;
+            }
+            self.jobs.add(job);
+            return Ok(Vec::new());
+        }
         if let Target::Many(_) | Target::Virtual(_) = target {
             // Each element is sent (and stored) as if sent to it alone.
             let mut full = Vec::new();
@@ -1457,7 +1482,34 @@ impl Broker {
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
         let (sends, acks) = tx.into_parts();
         let mut ops = Vec::new();
-        let sends: Vec<(Target, Arc<Message>)> = sends
+        // Scheduled sends become jobs, recorded with the rest.
+        let mut jobs = Vec::new();
+        let mut plain = Vec::new();
+        for (target, m) in sends {
+            let job = match self.scheduling(&m) {
+                Ok(Some(spec)) => self.new_job(m, spec).map(Some),
+                Ok(None) => {
+                    plain.push((target, m));
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            };
+            match job {
+                Ok(Some((job, op))) => {
+                    ops.extend(op);
+                    jobs.push(job);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Nothing of the transaction happens.
+                    for (queue, consumer, seqs) in &acks {
+                        queue.settle_held(*consumer, seqs, false, false);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let sends: Vec<(Target, Arc<Message>)> = plain
             .into_iter()
             .flat_map(|(target, m)| each_element(&target, m))
             .map(|(target, m)| {
@@ -1484,6 +1536,9 @@ impl Broker {
             }
         }
         let mut full = Vec::new();
+        for job in jobs {
+            self.jobs.add(job);
+        }
         for (target, m) in sends {
             full.extend(target.send(m));
         }
@@ -1535,9 +1590,16 @@ impl Broker {
             self.make_queue(d, false);
         }
         let mut queued: std::collections::HashMap<Arc<str>, Vec<u64>> = Default::default();
+        let jobs_destination = scheduler::jobs_destination();
+        let mut jobs = Vec::new();
         for (destination, id) in recovered.queued {
+            if destination == jobs_destination {
+                jobs.push(id);
+                continue;
+            }
             queued.entry(destination.name).or_default().push(id);
         }
+        self.restore_jobs(&jobs);
         for (name, ids) in queued {
             self.queue(&name).restore_paged(ids);
         }

@@ -91,6 +91,9 @@ pub enum StoreError {
     Closed,
     #[error("the persistent store is over its limit of {0} bytes")]
     Full(u64),
+    /// A scheduled send refused (bad scheduling properties, no room).
+    #[error("{0}")]
+    Scheduler(String),
 }
 
 /// A message read back from the journal.

@@ -209,6 +209,8 @@ impl Server {
             }
         };
         tracker.spawn(sweeper);
+        // Scheduled messages go when they are due.
+        tracker.spawn(self.broker.clone().run_scheduler(shutdown.clone()));
         shutdown.cancelled().await;
         info!("shutting down: closing connections");
         tracker.close();

@@ -795,6 +795,34 @@ def test_large_5mib_body(client):
 
 
 # ---------------------------------------------------------------------------
+# scheduled delivery (the broker runs with schedulerSupport on)
+# ---------------------------------------------------------------------------
+
+
+def test_scheduled_delay_and_repeat_headers(client):
+    q = queue_name("sched")
+    c = client()
+    c.subscribe(q, "s1")
+    started = time.monotonic()
+    c.send(q, "later", headers={"AMQ_SCHEDULED_DELAY": "1500", "colour": "red"})
+    c.send(q, "now")
+    assert c.rec.get().body == "now"
+    assert_nothing(c, "before the delay", 0.8)
+    m = c.rec.get(timeout=5)
+    assert m.body == "later"
+    assert time.monotonic() - started >= 1.4
+    assert m.headers.get("colour") == "red"
+    assert "AMQ_SCHEDULED_DELAY" not in m.headers
+    assert m.headers.get("scheduledJobId")
+    # a period and two repeats: three copies, each its own message id
+    c.send(q, "tick", headers={"AMQ_SCHEDULED_PERIOD": "300", "AMQ_SCHEDULED_REPEAT": "2"})
+    ticks = c.rec.get_n(3, timeout=6)
+    assert [t.body for t in ticks] == ["tick"] * 3
+    assert len({t.headers["message-id"] for t in ticks}) == 3
+    assert_nothing(c, "after the last repeat", 1.0)
+
+
+# ---------------------------------------------------------------------------
 # STOMP over WebSocket (stomp.py's WSStompConnection) and plain TCP together
 # ---------------------------------------------------------------------------
 

@@ -194,6 +194,10 @@ public final class JmsInteropTests {
         test("messageGroupsStickAndFlagTheirFirstMessage", JmsInteropTests::messageGroupsStickAndFlagTheirFirstMessage);
         test("destroyDestinationDeletesAQueue", JmsInteropTests::destroyDestinationDeletesAQueue);
         test("consumerPriorityComesFirst", JmsInteropTests::consumerPriorityComesFirst);
+        // scheduled delivery (the broker runs with schedulerSupport on)
+        test("scheduledDelayHoldsAMessage", JmsInteropTests::scheduledDelayHoldsAMessage);
+        test("scheduledPeriodAndRepeatSendCopies", JmsInteropTests::scheduledPeriodAndRepeatSendCopies);
+        test("scheduledSendInATransactionWaitsForTheCommit", JmsInteropTests::scheduledSendInATransactionWaitsForTheCommit);
         // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
         test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
         test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
@@ -2625,6 +2629,94 @@ public final class JmsInteropTests {
                 check(m != null, "the low-priority consumer's " + want);
                 eq(want, m.getText(), "what the high one had no room for");
             }
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /**
+     * AMQ_SCHEDULED_DELAY (schedulerSupport="true"): the message is held for the delay, then
+     * delivered once, without the scheduling properties and with scheduledJobId; an unscheduled one
+     * sent after it overtakes it.
+     */
+    static void scheduledDelayHoldsAMessage() throws Exception {
+        String q = uniq("delayed");
+        Connection c = started(connect());
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = s.createProducer(s.createQueue(q));
+            TextMessage later = s.createTextMessage("later");
+            later.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_DELAY, 2000);
+            later.setStringProperty("colour", "blue");
+            long sent = System.currentTimeMillis();
+            p.send(later);
+            p.send(s.createTextMessage("now"));
+            MessageConsumer consumer = s.createConsumer(s.createQueue(q));
+            expectText(consumer, "now", "the unscheduled message first");
+            check(consumer.receive(1000) == null, "nothing a second after the delayed send");
+            TextMessage m = (TextMessage) consumer.receive(5000);
+            long took = System.currentTimeMillis() - sent;
+            check(m != null, "the delayed message");
+            eq("later", m.getText(), "its body");
+            check(took >= 1900, "delivered after its delay, not " + took + " ms after the send");
+            eq("blue", m.getStringProperty("colour"), "its own properties stay");
+            check(!m.propertyExists(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_DELAY),
+                    "no scheduling property on the delivered copy");
+            check(m.getStringProperty("scheduledJobId") != null, "scheduledJobId");
+            check(consumer.receive(1500) == null, "delivered once");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /**
+     * AMQ_SCHEDULED_PERIOD with AMQ_SCHEDULED_REPEAT 2: three copies a period apart, each with a
+     * message id of its own.
+     */
+    static void scheduledPeriodAndRepeatSendCopies() throws Exception {
+        String q = uniq("repeated");
+        Connection c = started(connect());
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer consumer = s.createConsumer(s.createQueue(q));
+            MessageProducer p = s.createProducer(s.createQueue(q));
+            TextMessage m = s.createTextMessage("tick");
+            m.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_PERIOD, 500);
+            m.setIntProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_REPEAT, 2);
+            p.send(m);
+            Set<String> ids = new HashSet<>();
+            for (int i = 0; i < 3; i++) {
+                Message got = consumer.receive(5000);
+                check(got != null, "copy " + i);
+                eq("tick", ((TextMessage) got).getText(), "copy " + i);
+                ids.add(got.getJMSMessageID());
+            }
+            eq(3, ids.size(), "three message ids");
+            check(consumer.receive(2000) == null, "no fourth copy");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /** A scheduled send in a transaction: nothing if rolled back; after the commit, after its delay. */
+    static void scheduledSendInATransactionWaitsForTheCommit() throws Exception {
+        String q = uniq("txdelayed");
+        Connection c = started(connect());
+        try {
+            Session tx = c.createSession(true, Session.SESSION_TRANSACTED);
+            MessageProducer p = tx.createProducer(tx.createQueue(q));
+            TextMessage m = tx.createTextMessage("rolled back");
+            m.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_DELAY, 500);
+            p.send(m);
+            tx.rollback();
+            m = tx.createTextMessage("committed");
+            m.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_DELAY, 500);
+            p.send(m);
+            tx.commit();
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageConsumer consumer = s.createConsumer(s.createQueue(q));
+            expectText(consumer, "committed", "the committed scheduled message");
+            check(consumer.receive(1500) == null, "not the rolled back one");
         } finally {
             quietClose(c);
         }
