@@ -31,7 +31,7 @@ async fn a_delay_holds_a_message_and_a_period_repeats_it() {
         "/queue/sched",
         "later",
         &[
-            ("AMQ_SCHEDULED_DELAY", "800"),
+            ("AMQ_SCHEDULED_DELAY", "1500"),
             ("colour", "red"),
             ("receipt", "r"),
         ],
@@ -44,7 +44,7 @@ async fn a_delay_holds_a_message_and_a_period_repeats_it() {
     let m = c.expect_message().await;
     assert_eq!(body(&m), "later");
     assert!(
-        sent.elapsed() >= Duration::from_millis(790),
+        sent.elapsed() >= Duration::from_millis(1490),
         "{:?}",
         sent.elapsed()
     );
@@ -177,17 +177,17 @@ async fn persistent_jobs_survive_restarts_and_end_after_their_last_firing() {
     let mut p = b.connect("1.2").await;
     let sent = Instant::now();
     for (body, headers) in [
-        ("delayed", vec![("AMQ_SCHEDULED_DELAY", "1500")]),
+        ("delayed", vec![("AMQ_SCHEDULED_DELAY", "5000")]),
         (
             "repeated",
             vec![
-                ("AMQ_SCHEDULED_DELAY", "1200"),
+                ("AMQ_SCHEDULED_DELAY", "4500"),
                 ("AMQ_SCHEDULED_PERIOD", "300"),
                 ("AMQ_SCHEDULED_REPEAT", "1"),
             ],
         ),
         // Not persistent: kept in memory only, as non-persistent messages are.
-        ("lost", vec![("AMQ_SCHEDULED_DELAY", "1000")]),
+        ("lost", vec![("AMQ_SCHEDULED_DELAY", "4000")]),
     ] {
         let mut headers = headers;
         if body != "lost" {
@@ -210,7 +210,7 @@ async fn persistent_jobs_survive_restarts_and_end_after_their_last_firing() {
         got.push(body(&c.expect_message().await));
     }
     assert!(
-        sent.elapsed() >= Duration::from_millis(1490),
+        sent.elapsed() >= Duration::from_millis(4990),
         "{:?}",
         sent.elapsed()
     );
@@ -239,7 +239,7 @@ async fn a_repeating_job_remembers_how_many_firings_are_left() {
         "/queue/left",
         "r",
         &[
-            ("AMQ_SCHEDULED_PERIOD", "400"),
+            ("AMQ_SCHEDULED_PERIOD", "1500"),
             ("AMQ_SCHEDULED_REPEAT", "2"),
             ("persistent", "true"),
             ("receipt", "r"),
@@ -257,6 +257,6 @@ async fn a_repeating_job_remembers_how_many_firings_are_left() {
     // Two more, not three.
     assert_eq!(body(&c.expect_message().await), "r");
     assert_eq!(body(&c.expect_message().await), "r");
-    assert!(c.recv_within(Duration::from_millis(1000)).await.is_none());
+    assert!(c.recv_within(Duration::from_millis(2000)).await.is_none());
     b.stop().await;
 }

@@ -1401,12 +1401,26 @@ impl Broker {
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
         if let Some(spec) = self.scheduling(&message)? {
             let (job, op) = self.new_job(message, spec)?;
-            if let (Some(op), Some(store)) = (op, &self.store) {
-                self.store_room().await?;
-                store.write(vec![op]).await?;
-            }
-            self.jobs.add(job);
-            return Ok(Vec::new());
+            let (Some(op), Some(store)) = (op, &self.store) else {
+                self.jobs.add(job);
+                return Ok(Vec::new());
+            };
+            self.store_room().await?;
+            let written = store.start_write(vec![op]);
+            // Scheduled once durable, even if the caller stops waiting: a
+            // stored job is never left waiting for a restart.
+            let Some(me) = self.me.upgrade() else {
+                written.await?;
+                self.jobs.add(job);
+                return Ok(Vec::new());
+            };
+            return tokio::spawn(async move {
+                written.await?;
+                me.jobs.add(job);
+                Ok(Vec::new())
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("send did not finish: {e}"))));
         }
         if let Target::Many(_) | Target::Virtual(_) = target {
             // Each element is sent (and stored) as if sent to it alone.

@@ -29,6 +29,8 @@ pub const DELAY: &str = "AMQ_SCHEDULED_DELAY";
 pub const PERIOD: &str = "AMQ_SCHEDULED_PERIOD";
 pub const REPEAT: &str = "AMQ_SCHEDULED_REPEAT";
 pub const CRON: &str = "AMQ_SCHEDULED_CRON";
+/// The most repeats a message may ask for (ActiveMQ's maxRepeatAllowed).
+pub const MAX_REPEAT: i32 = 1000;
 /// Set on every copy a job sends (ActiveMQ's name).
 pub const JOB_ID: &str = "scheduledJobId";
 /// Kept on a stored job: when it fires next (ms since the epoch) and how
@@ -94,6 +96,12 @@ pub fn spec(m: &Message) -> Result<Option<Spec>, String> {
     }
     if repeat < -1 {
         return Err(format!("{REPEAT} must be -1 (for ever) or more"));
+    }
+    if repeat > MAX_REPEAT {
+        // ActiveMQ's maxRepeatAllowed, and its words.
+        return Err(format!(
+            "The scheduled repeat value is too large ({repeat}; at most {MAX_REPEAT})"
+        ));
     }
     if repeat == -1 && period == 0 {
         return Err(format!("{REPEAT} -1 (for ever) needs a {PERIOD}"));
@@ -207,9 +215,10 @@ impl Job {
             m.id = new_id();
         }
         if m.timestamp > 0 && m.expiration > 0 {
-            let ttl = m.expiration - m.timestamp;
-            if now + ttl > m.expiration {
-                m.expiration = now + ttl;
+            let ttl = m.expiration.saturating_sub(m.timestamp);
+            let expiration = now.saturating_add(ttl);
+            if expiration > m.expiration {
+                m.expiration = expiration;
                 m.timestamp = now;
             }
         }
@@ -331,9 +340,11 @@ impl Broker {
     /// (not written yet).
     pub(crate) fn new_job(
         &self,
-        message: Message,
+        mut message: Message,
         spec: Spec,
     ) -> Result<(Job, Option<Op>), StoreError> {
+        // It waits: it must not keep the buffer it came in alive.
+        message.compact();
         self.jobs
             .has_room(message.memory_size())
             .map_err(StoreError::Scheduler)?;
@@ -391,6 +402,9 @@ impl Broker {
     /// Sends the jobs as they come due, until `stop`.
     pub async fn run_scheduler(self: Arc<Self>, stop: CancellationToken) {
         loop {
+            if stop.is_cancelled() {
+                return;
+            }
             let now = now_millis();
             let (due, next) = self.jobs.take_due(now, 256);
             if !due.is_empty() {
@@ -408,7 +422,10 @@ impl Broker {
         }
     }
 
-    /// Sends a copy for each job, then records what is left of them.
+    /// Sends a copy for each job, then records what is left of them. A
+    /// copy the store could not take is tried again a second later (its
+    /// job unchanged); one whose destination is gone (a deleted temporary
+    /// queue) is dropped.
     async fn fire(&self, due: Vec<Job>, now: i64) {
         let sends = due.iter().map(|job| {
             let copy = job.copy(now, || MessageId {
@@ -416,27 +433,39 @@ impl Broker {
                 seq: self.next_id(),
             });
             async move {
-                let sent = match self.resolve(&copy.destination) {
-                    Ok(target) => self
-                        .send(&target, copy)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                let target = match self.resolve(&copy.destination) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(job = %job.id, error = %e, "a scheduled message's destination is gone; dropped");
+                        return Fired::Sent(Vec::new());
+                    }
                 };
-                if let Err(e) = sent {
-                    warn!(job = %job.id, error = %e, "a scheduled message could not be sent");
+                match self.send(&target, copy).await {
+                    Ok(full) => Fired::Sent(full),
+                    Err(e) => {
+                        warn!(job = %job.id, error = %e, "a scheduled message could not be sent; trying again");
+                        Fired::Retry
+                    }
                 }
             }
         });
-        futures_util::future::join_all(sends).await;
-        let mut ops = Vec::new();
+        let fired = futures_util::future::join_all(sends).await;
+        let mut removed = Vec::new();
+        let mut rewrite = Vec::new();
         let mut again = Vec::new();
-        for mut job in due {
-            let old = job.store_id;
+        let mut full = Vec::new();
+        for (mut job, fired) in due.into_iter().zip(fired) {
+            match fired {
+                Fired::Retry => {
+                    job.due = now.saturating_add(RETRY_MS);
+                    again.push(job);
+                    continue;
+                }
+                Fired::Sent(f) => full.extend(f),
+            }
             if job.left == 0 {
-                if old != 0 {
-                    ops.push(Op::Remove { id: old });
+                if job.store_id != 0 {
+                    removed.push(Op::Remove { id: job.store_id });
                 }
                 continue;
             }
@@ -445,21 +474,42 @@ impl Broker {
             }
             // As ActiveMQ: the next firing is a period after this one ran.
             job.due = now.saturating_add(job.period);
-            if let (Some(store), true) = (&self.store, old != 0) {
-                job.store_id = store.next_id();
-                ops.push(Op::Remove { id: old });
-                ops.push(job_record(&job));
+            match &self.store {
+                Some(store) if job.store_id != 0 => {
+                    // Its state now, in a record of its own; the old one
+                    // goes in the same write.
+                    let mut next = job.clone();
+                    next.store_id = store.next_id();
+                    let ops = vec![Op::Remove { id: job.store_id }, job_record(&next)];
+                    rewrite.push((job, next, store.start_write(ops)));
+                }
+                _ => again.push(job),
             }
-            again.push(job);
         }
-        if let (Some(store), false) = (&self.store, ops.is_empty()) {
-            if let Err(e) = store.write(ops).await {
-                warn!(error = %e, "the scheduled messages' records could not be updated");
+        if let Some(store) = &self.store {
+            // Removals are retried by the store until written.
+            store.submit(removed);
+        }
+        for (job, next, written) in rewrite {
+            match written.await {
+                Ok(()) => again.push(next),
+                Err(e) => {
+                    // The old record stays: a restart fires it as it was.
+                    warn!(job = %job.id, error = %e, "a repeating scheduled message's record could not be updated");
+                    again.push(job);
+                }
             }
         }
         for job in again {
             self.jobs.add(job);
         }
+        // Producer flow control for the scheduler too: a destination over
+        // its limit holds it back (for a while; other jobs are due too).
+        for queue in full {
+            let _ = tokio::time::timeout(Duration::from_secs(1), queue.wait_for_space()).await;
+        }
+        // Copies that needed no waiting must not keep a worker to themselves.
+        tokio::task::yield_now().await;
     }
 
     /// How many scheduled messages wait.
@@ -467,6 +517,17 @@ impl Broker {
         self.jobs.len()
     }
 }
+
+/// What became of a job's copy.
+enum Fired {
+    /// Sent; these queues are over their memory limit.
+    Sent(Vec<Arc<crate::broker::queue::Queue>>),
+    /// The store did not take it: the job tries again.
+    Retry,
+}
+
+/// How long a job whose copy failed waits before it tries again.
+const RETRY_MS: i64 = 1000;
 
 /// A job's journal record.
 fn job_record(job: &Job) -> Op {
@@ -527,6 +588,10 @@ mod tests {
             msg(&[(PERIOD, PropValue::Long(10)), (REPEAT, PropValue::Int(-2))]),
             msg(&[(DELAY, PropValue::Long(10)), (REPEAT, PropValue::Int(-1))]),
             msg(&[(CRON, PropValue::String(ByteStr::from("* * * * *")))]),
+            msg(&[
+                (PERIOD, PropValue::Long(10)),
+                (REPEAT, PropValue::Int(1001)),
+            ]),
         ] {
             assert!(spec(&bad).is_err(), "{:?}", bad.properties);
         }
@@ -616,5 +681,13 @@ mod tests {
         let copy = job.copy(6000, || unreachable!("no repeats: the id stays"));
         assert_eq!((copy.timestamp, copy.expiration), (6000, 8000));
         assert_eq!(copy.id.seq, 7);
+        // An expiration at the end of time stays there.
+        let mut m = (*job.message).clone();
+        m.expiration = i64::MAX;
+        let job = Job {
+            message: Arc::new(m),
+            ..job
+        };
+        assert_eq!(job.copy(6000, || unreachable!()).expiration, i64::MAX);
     }
 }

@@ -331,3 +331,57 @@ async fn virtual_topics_copy_each_message_to_their_consumer_queues() {
         .unwrap();
     assert_eq!(q.pending_count(), 0);
 }
+
+#[tokio::test]
+async fn a_scheduled_copy_the_store_refuses_is_tried_again_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::store::StoreConfig::new(dir.path().to_path_buf());
+    let faults = config.faults.clone();
+    let (store, _) = crate::store::Store::open(config).unwrap();
+    let broker = Broker::with_store(
+        CoreConfig {
+            scheduler_support: true,
+            ..CoreConfig::default()
+        },
+        Some(store),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(broker.clone().run_scheduler(stop.clone()));
+    let mut m = Message::new(
+        MessageId {
+            producer: Arc::from("ID:s-1:1:1"),
+            seq: 1,
+        },
+        Destination::queue("sched"),
+        BodyKind::Text,
+        Bytes::from_static(b"later"),
+    );
+    m.persistent = true;
+    m.properties
+        .push((ByteStr::from(scheduler::DELAY), PropValue::Long(300)));
+    let target = broker.resolve(&Destination::queue("sched")).unwrap();
+    broker.send(&target, m).await.unwrap();
+    assert_eq!(broker.scheduled(), 1);
+    // The disk fills up before the job is due: its copy cannot be stored.
+    faults
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let q = broker.queue("sched");
+    assert!(q.browse().is_empty());
+    assert_eq!(broker.scheduled(), 1, "the job waits to try again");
+    faults
+        .fail_writes
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while q.browse().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sent = q.browse();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(&sent[0].body[..], b"later");
+    assert_eq!(broker.scheduled(), 0);
+    stop.cancel();
+    runner.await.unwrap();
+    broker.close_store();
+}
