@@ -169,6 +169,9 @@ pub struct LimitsSection {
     /// Bytes of scheduled messages held (ActiveMQ's jobSchedulerUsage);
     /// past it, a scheduled send is refused.
     pub scheduler_memory_limit: usize,
+    /// Bytes of messages all destinations together hold in memory
+    /// (ActiveMQ's systemUsage memoryUsage): at it, every producer waits.
+    pub memory_limit: usize,
 }
 
 /// Users and authorization (ActiveMQ's simpleAuthenticationPlugin and
@@ -308,6 +311,7 @@ impl Default for LimitsSection {
             destination_memory_limit: 64 * 1024 * 1024,
             max_transaction_size: 64 * 1024 * 1024,
             scheduler_memory_limit: 256 * 1024 * 1024,
+            memory_limit: 1024 * 1024 * 1024,
         }
     }
 }
@@ -376,6 +380,11 @@ impl Config {
         positive(
             "limits.max_transaction_size",
             self.limits.max_transaction_size,
+        )?;
+        positive("limits.memory_limit", self.limits.memory_limit)?;
+        positive(
+            "limits.scheduler_memory_limit",
+            self.limits.scheduler_memory_limit,
         )?;
         if !(self.stomp.heartbeat_grace >= 1.0 && self.stomp.heartbeat_grace <= 100.0) {
             return Err(ConfigError::Invalid {
@@ -522,6 +531,7 @@ impl Config {
             virtual_topic_prefix: self.broker.virtual_topic_prefix.trim().to_string(),
             scheduler_support: self.broker.scheduler_support,
             scheduler_memory_limit: self.limits.scheduler_memory_limit,
+            memory_limit: self.limits.memory_limit,
         }
     }
 }

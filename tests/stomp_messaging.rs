@@ -627,6 +627,62 @@ async fn producer_flow_control_blocks_then_resumes() {
 }
 
 #[tokio::test]
+async fn the_broker_wide_memory_limit_holds_back_producers_of_every_queue() {
+    // Each queue may hold 64 MiB, the broker 128 KiB in all.
+    let b = TestBroker::start_with(|c| c.limits.memory_limit = 128 * 1024).await;
+    let chunk = "x".repeat(8 * 1024);
+    let mut a = b.connect("1.2").await;
+    for i in 0..30 {
+        a.send(
+            &frame(
+                Command::Send,
+                &[
+                    ("destination", "/queue/mem-a"),
+                    ("receipt", &format!("a{i}")),
+                ],
+            )
+            .with_body(chunk.clone()),
+        )
+        .await;
+    }
+    let mut receipts = 0;
+    while a.recv_within(Duration::from_millis(300)).await.is_some() {
+        receipts += 1;
+    }
+    assert!(
+        receipts < 30,
+        "held back at the broker's limit: {receipts} receipts"
+    );
+    // A producer of another, empty, queue waits too.
+    let mut other = b.connect("1.2").await;
+    other
+        .send(
+            &frame(
+                Command::Send,
+                &[("destination", "/queue/mem-b"), ("receipt", "b")],
+            )
+            .with_body(chunk.clone()),
+        )
+        .await;
+    assert!(other
+        .recv_within(Duration::from_millis(500))
+        .await
+        .is_none());
+    assert!(b.broker.memory_usage().used() < 256 * 1024);
+    // Consuming queue a lets both go on.
+    let mut c = b.connect("1.2").await;
+    c.subscribe("s", "/queue/mem-a", "auto", &[]).await;
+    for _ in 0..30 {
+        c.expect_message().await;
+    }
+    other.expect_receipt("b").await;
+    while receipts < 30 {
+        a.recv().await;
+        receipts += 1;
+    }
+}
+
+#[tokio::test]
 async fn a_slow_consumer_does_not_hold_up_others() {
     let b = TestBroker::start().await;
     let mut slow = b.connect("1.2").await;

@@ -57,6 +57,9 @@ pub struct CoreConfig {
     pub scheduler_support: bool,
     /// Bytes of scheduled messages held at most.
     pub scheduler_memory_limit: usize,
+    /// Bytes of messages all destinations together hold in memory before
+    /// every producer waits (ActiveMQ's systemUsage memoryUsage).
+    pub memory_limit: usize,
 }
 
 impl Default for CoreConfig {
@@ -72,6 +75,7 @@ impl Default for CoreConfig {
             virtual_topic_prefix: "Consumer.*.".into(),
             scheduler_support: false,
             scheduler_memory_limit: 256 * 1024 * 1024,
+            memory_limit: 1024 * 1024 * 1024,
         }
     }
 }
@@ -307,6 +311,8 @@ pub struct Broker {
     jobs: scheduler::Jobs,
     /// The producer id of the copies repeating jobs send.
     scheduler_producer: Arc<str>,
+    /// What every destination's messages hold in memory, together.
+    memory: Arc<queue::MemoryUsage>,
     me: Weak<Broker>,
 }
 
@@ -329,6 +335,7 @@ impl Broker {
             .unwrap_or_else(|| "localhost".into());
         let id_prefix = format!("ID:{host}-{}-{}", std::process::id(), message::now_millis());
         let jobs = scheduler::Jobs::new(config.scheduler_memory_limit);
+        let memory = Arc::new(queue::MemoryUsage::new(config.memory_limit));
         let scheduler_producer = Arc::from(format!("{id_prefix}-1:0:0:0"));
         Arc::new_cyclic(|me| Broker {
             config,
@@ -343,6 +350,7 @@ impl Broker {
             id_prefix,
             jobs,
             scheduler_producer,
+            memory,
             me: me.clone(),
         })
     }
@@ -358,6 +366,11 @@ impl Broker {
 
     pub fn id_prefix(&self) -> &str {
         &self.id_prefix
+    }
+
+    /// The broker-wide memory every destination counts in.
+    pub fn memory_usage(&self) -> &Arc<queue::MemoryUsage> {
+        &self.memory
     }
 
     pub fn queue(&self, name: &str) -> Arc<Queue> {

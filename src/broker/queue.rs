@@ -97,12 +97,63 @@ pub struct QueueStats {
     pub expired: AtomicU64,
 }
 
+/// How a queue takes broker-wide memory: a queue holding anything counts
+/// at least this much there, and at most two of these more than it holds.
+const USAGE_CHUNK: usize = 16 * 1024;
+
+/// Memory shared by every destination: ActiveMQ's systemUsage memoryUsage,
+/// the parent of each destination's limit. When it is full, producers of
+/// every destination wait (as ActiveMQ's `Usage.isFull` asks the parent),
+/// and persistent messages past half of it stay in the journal only.
+pub struct MemoryUsage {
+    used: AtomicUsize,
+    limit: usize,
+    space: Notify,
+}
+
+impl MemoryUsage {
+    pub fn new(limit: usize) -> Self {
+        MemoryUsage {
+            used: AtomicUsize::new(0),
+            limit,
+            space: Notify::new(),
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        let before = self.used.fetch_sub(n, Ordering::Relaxed);
+        if before >= self.limit && before - n < self.limit {
+            self.space.notify_waiters();
+        }
+    }
+}
+
 pub struct Queue {
     destination: Destination,
     state: Mutex<QueueState>,
     /// Bytes held by messages not yet consumed (pending or in flight).
     memory: AtomicUsize,
     memory_limit: usize,
+    /// The broker-wide memory this queue's messages count in too, by
+    /// [`USAGE_CHUNK`]s: what this queue has taken of it.
+    usage: Option<Arc<MemoryUsage>>,
+    reserved: AtomicUsize,
     /// Some messages may be paged out (set under the lock when one is;
     /// cleared under it when none are): spares a persistent send's
     /// [`Queue::kick`] the lock.
@@ -139,11 +190,14 @@ impl Queue {
             Some(p) => (Some(p.store), p.sub),
             None => (None, None),
         };
+        let usage = broker.upgrade().map(|b| b.memory_usage().clone());
         Queue {
             destination,
             state: Mutex::new(QueueState::default()),
             memory: AtomicUsize::new(0),
             memory_limit,
+            usage,
+            reserved: AtomicUsize::new(0),
             paging: AtomicBool::new(false),
             space: Notify::new(),
             deleted: AtomicBool::new(false),
@@ -200,7 +254,11 @@ impl Queue {
             // wait for consumers, only the store limit bounds the backlog.
             if self.pages(&message)
                 && (!st.paged.is_empty()
-                    || self.memory.load(Ordering::Relaxed) + size > self.memory_limit / 2)
+                    || self.memory.load(Ordering::Relaxed) + size > self.memory_limit / 2
+                    || self
+                        .usage
+                        .as_ref()
+                        .is_some_and(|u| u.used() + size > u.limit() / 2))
             {
                 st.paged.push_back(Paged {
                     order,
@@ -234,8 +292,9 @@ impl Queue {
 
     /// Keeps a message in memory, pending, in its place.
     fn hold(&self, st: &mut QueueState, order: u64, message: Arc<Message>) {
-        self.memory
-            .fetch_add(message.memory_size(), Ordering::Relaxed);
+        let size = message.memory_size();
+        let used = self.memory.fetch_add(size, Ordering::Relaxed) + size;
+        self.reserve(used);
         let at = insert_pending(
             &mut st.pending,
             Entry {
@@ -351,18 +410,31 @@ impl Queue {
         self.finish(dead, Vec::new());
     }
 
+    /// Whether its producers should wait: the queue is at its memory limit,
+    /// or the broker at its own.
     pub fn over_limit(&self) -> bool {
         self.memory.load(Ordering::Relaxed) >= self.memory_limit
+            || self.usage.as_ref().is_some_and(|u| u.is_full())
     }
 
-    /// Waits until the queue is below its memory limit (producer flow control).
+    /// Waits until the queue, and the broker, are below their memory limits
+    /// (producer flow control).
     pub async fn wait_for_space(&self) {
         loop {
-            let notified = self.space.notified();
+            let mine = self.space.notified();
+            let broker_wide = self.usage.as_ref().map(|u| u.space.notified());
             if !self.over_limit() || self.is_deleted() {
                 return;
             }
-            notified.await;
+            match broker_wide {
+                Some(all) => {
+                    tokio::select! {
+                        _ = mine => {}
+                        _ = all => {}
+                    }
+                }
+                None => mine.await,
+            }
         }
     }
 
@@ -377,6 +449,46 @@ impl Queue {
         let before = self.memory.fetch_sub(size, Ordering::Relaxed);
         if before >= self.memory_limit && before - size < self.memory_limit {
             self.space.notify_waiters();
+        }
+        self.unreserve(before - size);
+    }
+
+    /// Takes what `used` bytes need of the broker-wide memory, in chunks:
+    /// the shared counter moves once per chunk, not once per message.
+    fn reserve(&self, used: usize) {
+        let Some(u) = &self.usage else {
+            return;
+        };
+        if used > self.reserved.load(Ordering::Relaxed) {
+            let want = used.div_ceil(USAGE_CHUNK) * USAGE_CHUNK;
+            let before = self.reserved.fetch_max(want, Ordering::Relaxed);
+            if want > before {
+                u.add(want - before);
+            }
+        }
+    }
+
+    /// Gives back what `used` bytes no longer need (all of it when empty;
+    /// otherwise keeping a chunk to spare, so that a queue around a chunk
+    /// boundary does not move the shared counter on every message).
+    fn unreserve(&self, used: usize) {
+        let Some(u) = &self.usage else {
+            return;
+        };
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        let want = if used == 0 {
+            0
+        } else {
+            used.div_ceil(USAGE_CHUNK) * USAGE_CHUNK + USAGE_CHUNK
+        };
+        if reserved > want
+            && (used == 0 || reserved >= want + USAGE_CHUNK)
+            && self
+                .reserved
+                .compare_exchange(reserved, want, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            u.sub(reserved - want);
         }
     }
 
@@ -1144,6 +1256,17 @@ fn insert_pending(pending: &mut VecDeque<Entry>, entry: Entry) -> usize {
         _ => {
             pending.push_back(entry);
             pending.len() - 1
+        }
+    }
+}
+
+/// Whatever a queue still holds when it goes (a closed subscription's,
+/// a deleted temporary queue's) leaves the broker-wide count with it.
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let left = *self.reserved.get_mut();
+        if let (Some(u), true) = (&self.usage, left > 0) {
+            u.sub(left);
         }
     }
 }

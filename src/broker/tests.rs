@@ -385,3 +385,57 @@ async fn a_scheduled_copy_the_store_refuses_is_tried_again_not_lost() {
     runner.await.unwrap();
     broker.close_store();
 }
+
+#[tokio::test]
+async fn the_broker_wide_memory_limit_holds_back_every_destination() {
+    let broker = Broker::new(CoreConfig {
+        memory_limit: 64 * 1024,
+        ..CoreConfig::default()
+    });
+    let msg = |dest: &str, seq: u64| {
+        Arc::new(Message::new(
+            MessageId {
+                producer: Arc::from("ID:m-1:1:1"),
+                seq,
+            },
+            Destination::queue(dest),
+            BodyKind::Bytes,
+            Bytes::from(vec![b'm'; 4096]),
+        ))
+    };
+    let a = broker.queue("a");
+    let b = broker.queue("b");
+    let mut seq = 0;
+    // Far below its own 64 MiB, queue a fills the broker's 64 KiB.
+    while !a.send(msg("a", seq)) {
+        seq += 1;
+        assert!(seq < 100, "the broker-wide limit never stopped queue a");
+    }
+    assert!(broker.memory_usage().is_full());
+    // Queue b is empty, but its producers wait too.
+    assert!(b.memory_usage() == 0 && b.over_limit());
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.wait_for_space().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    a.purge();
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("space comes back")
+        .unwrap();
+    assert_eq!(broker.memory_usage().used(), 0);
+    // What a queue still holds when it goes leaves the count with it.
+    let topic_queue = Queue::new(
+        Destination::topic("t"),
+        1 << 20,
+        false,
+        broker.me.clone(),
+        None,
+    );
+    topic_queue.send(msg("t", 1));
+    assert!(broker.memory_usage().used() > 0);
+    drop(topic_queue);
+    assert_eq!(broker.memory_usage().used(), 0);
+}
