@@ -726,8 +726,8 @@ impl Broker {
         };
         if destination.is_queue() {
             if let Some((_, q)) = self.queues.remove(&*destination.name) {
-                q.purge();
                 q.mark_deleted();
+                q.purge();
             }
         } else {
             self.topics.remove(&*destination.name);
@@ -1159,8 +1159,8 @@ impl Broker {
                         topic.subscription_count(),
                     );
                 }
-                sub.queue.purge();
                 sub.queue.mark_deleted();
+                sub.queue.purge();
             }
             SubKind::Durable { key } => {
                 if let Some(d) = self.durables.get(key) {
@@ -1192,8 +1192,8 @@ impl Broker {
         match removed {
             Some((_, d)) => {
                 d.topic.detach(d.sub_id);
-                d.queue.purge();
                 d.queue.mark_deleted();
+                d.queue.purge();
                 if let Some(store) = &self.store {
                     store.submit(vec![Op::SubRemove { sub: d.store_id }]);
                 }

@@ -20,7 +20,7 @@ use crate::broker::subscription::{ConsumerSlot, ConsumerSpec, Delivery, Entry, I
 use crate::broker::Broker;
 use crate::store::{Op, ReadBack, Store};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -99,14 +99,22 @@ pub struct QueueStats {
 
 /// How a queue takes broker-wide memory: a queue holding anything counts
 /// at least this much there, and at most two of these more than it holds.
-const USAGE_CHUNK: usize = 16 * 1024;
+const USAGE_CHUNK: usize = 8 * 1024;
+
+/// How long a producer waits when only the broker-wide limit holds it (its
+/// destination has room): then it goes on. A connection that both sends and
+/// acknowledges (its acks unread while it waits) cannot be stuck for good
+/// when what holds the memory is its own unacknowledged messages.
+const BROKER_WIDE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Memory shared by every destination: ActiveMQ's systemUsage memoryUsage,
 /// the parent of each destination's limit. When it is full, producers of
 /// every destination wait (as ActiveMQ's `Usage.isFull` asks the parent),
 /// and persistent messages past half of it stay in the journal only.
 pub struct MemoryUsage {
-    used: AtomicUsize,
+    /// Signed: one queue's give-back may land before another's take is
+    /// counted; a moment below zero is harmless, a wrap would not be.
+    used: AtomicIsize,
     limit: usize,
     space: Notify,
 }
@@ -114,14 +122,14 @@ pub struct MemoryUsage {
 impl MemoryUsage {
     pub fn new(limit: usize) -> Self {
         MemoryUsage {
-            used: AtomicUsize::new(0),
+            used: AtomicIsize::new(0),
             limit,
             space: Notify::new(),
         }
     }
 
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.used.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub fn limit(&self) -> usize {
@@ -133,12 +141,13 @@ impl MemoryUsage {
     }
 
     fn add(&self, n: usize) {
-        self.used.fetch_add(n, Ordering::Relaxed);
+        self.used.fetch_add(n as isize, Ordering::Relaxed);
     }
 
     fn sub(&self, n: usize) {
-        let before = self.used.fetch_sub(n, Ordering::Relaxed);
-        if before >= self.limit && before - n < self.limit {
+        let before = self.used.fetch_sub(n as isize, Ordering::Relaxed);
+        let limit = self.limit as isize;
+        if before >= limit && before - (n as isize) < limit {
             self.space.notify_waiters();
         }
     }
@@ -293,8 +302,8 @@ impl Queue {
     /// Keeps a message in memory, pending, in its place.
     fn hold(&self, st: &mut QueueState, order: u64, message: Arc<Message>) {
         let size = message.memory_size();
-        let used = self.memory.fetch_add(size, Ordering::Relaxed) + size;
-        self.reserve(used);
+        self.memory.fetch_add(size, Ordering::Relaxed);
+        self.reserve();
         let at = insert_pending(
             &mut st.pending,
             Entry {
@@ -418,15 +427,25 @@ impl Queue {
     }
 
     /// Waits until the queue, and the broker, are below their memory limits
-    /// (producer flow control).
+    /// (producer flow control). When only the broker's limit holds it, for
+    /// [`BROKER_WIDE_WAIT`] at most.
     pub async fn wait_for_space(&self) {
+        let give_up = tokio::time::Instant::now() + BROKER_WIDE_WAIT;
         loop {
             let mine = self.space.notified();
             let broker_wide = self.usage.as_ref().map(|u| u.space.notified());
+            let own_full = self.memory.load(Ordering::Relaxed) >= self.memory_limit;
             if !self.over_limit() || self.is_deleted() {
                 return;
             }
             match broker_wide {
+                Some(all) if !own_full => {
+                    tokio::select! {
+                        _ = mine => {}
+                        _ = all => {}
+                        _ = tokio::time::sleep_until(give_up) => return,
+                    }
+                }
                 Some(all) => {
                     tokio::select! {
                         _ = mine => {}
@@ -450,15 +469,18 @@ impl Queue {
         if before >= self.memory_limit && before - size < self.memory_limit {
             self.space.notify_waiters();
         }
-        self.unreserve(before - size);
+        self.unreserve();
     }
 
-    /// Takes what `used` bytes need of the broker-wide memory, in chunks:
-    /// the shared counter moves once per chunk, not once per message.
-    fn reserve(&self, used: usize) {
+    /// Takes what the queue's messages need of the broker-wide memory, in
+    /// chunks: the shared counter moves once per chunk, not per message.
+    /// (Reads the queue's count afresh: callers may race, the last one
+    /// leaves it right.)
+    fn reserve(&self) {
         let Some(u) = &self.usage else {
             return;
         };
+        let used = self.memory.load(Ordering::Relaxed);
         if used > self.reserved.load(Ordering::Relaxed) {
             let want = used.div_ceil(USAGE_CHUNK) * USAGE_CHUNK;
             let before = self.reserved.fetch_max(want, Ordering::Relaxed);
@@ -468,27 +490,33 @@ impl Queue {
         }
     }
 
-    /// Gives back what `used` bytes no longer need (all of it when empty;
-    /// otherwise keeping a chunk to spare, so that a queue around a chunk
-    /// boundary does not move the shared counter on every message).
-    fn unreserve(&self, used: usize) {
+    /// Gives back what the queue's messages no longer need: all of it once
+    /// it is empty; otherwise keeping a chunk to spare, so that a queue
+    /// around a chunk boundary does not move the shared counter on every
+    /// message.
+    fn unreserve(&self) {
         let Some(u) = &self.usage else {
             return;
         };
-        let reserved = self.reserved.load(Ordering::Relaxed);
-        let want = if used == 0 {
-            0
-        } else {
-            used.div_ceil(USAGE_CHUNK) * USAGE_CHUNK + USAGE_CHUNK
-        };
-        if reserved > want
-            && (used == 0 || reserved >= want + USAGE_CHUNK)
-            && self
+        loop {
+            let used = self.memory.load(Ordering::Relaxed);
+            let reserved = self.reserved.load(Ordering::Relaxed);
+            let want = if used == 0 {
+                0
+            } else {
+                used.div_ceil(USAGE_CHUNK) * USAGE_CHUNK + USAGE_CHUNK
+            };
+            if reserved <= want || (used != 0 && reserved < want + USAGE_CHUNK) {
+                return;
+            }
+            if self
                 .reserved
                 .compare_exchange(reserved, want, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-        {
-            u.sub(reserved - want);
+            {
+                u.sub(reserved - want);
+                return;
+            }
         }
     }
 

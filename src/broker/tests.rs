@@ -439,3 +439,48 @@ async fn the_broker_wide_memory_limit_holds_back_every_destination() {
     drop(topic_queue);
     assert_eq!(broker.memory_usage().used(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_producer_held_only_by_the_broker_wide_limit_goes_on_after_a_while() {
+    let broker = Broker::new(CoreConfig {
+        memory_limit: 16 * 1024,
+        ..CoreConfig::default()
+    });
+    let msg = |dest: &str, seq: u64| {
+        Arc::new(Message::new(
+            MessageId {
+                producer: Arc::from("ID:w-1:1:1"),
+                seq,
+            },
+            Destination::queue(dest),
+            BodyKind::Bytes,
+            Bytes::from(vec![b'w'; 4096]),
+        ))
+    };
+    let a = broker.queue("a");
+    let mut seq = 0;
+    while !a.send(msg("a", seq)) {
+        seq += 1;
+    }
+    let b = broker.queue("b");
+    assert!(b.over_limit());
+    let started = tokio::time::Instant::now();
+    b.wait_for_space().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(5) && waited < std::time::Duration::from_secs(6),
+        "{waited:?}"
+    );
+    // A queue over its own limit still waits for its consumers.
+    let small = Queue::new(
+        Destination::queue("small"),
+        4096,
+        true,
+        broker.me.clone(),
+        None,
+    );
+    small.send(msg("small", 1));
+    let held =
+        tokio::time::timeout(std::time::Duration::from_secs(30), small.wait_for_space()).await;
+    assert!(held.is_err(), "its own limit is not given up on");
+}
