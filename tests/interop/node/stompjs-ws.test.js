@@ -12,10 +12,10 @@
 
 const { test, afterEach } = require('node:test');
 const assert = require('node:assert');
-const { randomUUID } = require('node:crypto');
 const { Client } = require('@stomp/stompjs');
 const WebSocket = require('ws');
 const stompit = require('stompit');
+const { WAIT, QUIET, uid, sleep, withTimeout, Inbox } = require('./support');
 
 const HOST = process.env.STOMP_HOST || '127.0.0.1';
 const WS_PORT = parseInt(process.env.WS_PORT || '', 10);
@@ -24,44 +24,15 @@ if (!WS_PORT) {
   throw new Error('WS_PORT is not set: these tests need the broker\'s WebSocket listener');
 }
 
-const WAIT = 5000;
-const QUIET = 1000;
 const TEST_TIMEOUT = 30000;
 
-const uid = () => randomUUID().replace(/-/g, '');
 const queueName = (tag) => `/queue/interop-ws-${tag}-${uid()}`;
 const topicName = (tag) => `/topic/interop-ws-${tag}-${uid()}`;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-class Inbox {
-  constructor() {
-    this.items = [];
-    this.waiters = [];
-  }
-
-  push(item) {
-    const w = this.waiters.shift();
-    if (w) w(item);
-    else this.items.push(item);
-  }
-
-  next(ms = WAIT) {
-    if (this.items.length) return Promise.resolve(this.items.shift());
-    return withTimeout(new Promise((resolve) => this.waiters.push(resolve)), ms, 'a message');
-  }
-
-  async nothing(what, ms = QUIET) {
-    await sleep(ms);
-    assert.strictEqual(this.items.length, 0, `${what}: got ${this.items.length} unexpected message(s)`);
-  }
+// Nothing (more) arrives within `ms`.
+async function assertNothing(inbox, what, ms = QUIET) {
+  const extra = await inbox.quiet(ms);
+  assert.deepStrictEqual(extra.map((m) => m.body), [], what);
 }
 
 const open = [];
@@ -208,7 +179,7 @@ test('stompjs: client-individual acks, and what is not acked comes back redelive
   assert.strictEqual(m.body, 'two');
   assert.strictEqual(m.headers.redelivered, 'true');
   m.ack();
-  await again.nothing('after the redelivery');
+  await assertNothing(again, 'after the redelivery');
 });
 
 test('stompjs: transactions commit and abort', { timeout: TEST_TIMEOUT }, async () => {
@@ -221,10 +192,10 @@ test('stompjs: transactions commit and abort', { timeout: TEST_TIMEOUT }, async 
   aborted.abort();
   const committed = client.begin();
   client.publish({ destination: q, body: 'committed', headers: { transaction: committed.id } });
-  await inbox.nothing('before the commit', 300);
+  await assertNothing(inbox, 'before the commit', 300);
   committed.commit();
   assert.strictEqual((await inbox.next()).body, 'committed');
-  await inbox.nothing('after the commit');
+  await assertNothing(inbox, 'after the commit');
 });
 
 test('stompjs: heart-beats keep an idle WebSocket connection alive', { timeout: TEST_TIMEOUT }, async () => {
