@@ -386,23 +386,25 @@ async fn a_scheduled_copy_the_store_refuses_is_tried_again_not_lost() {
     broker.close_store();
 }
 
+/// A 4 KiB message for queue `dest`.
+fn msg(dest: &str, seq: u64) -> Arc<Message> {
+    Arc::new(Message::new(
+        MessageId {
+            producer: Arc::from("ID:m-1:1:1"),
+            seq,
+        },
+        Destination::queue(dest),
+        BodyKind::Bytes,
+        Bytes::from(vec![b'm'; 4096]),
+    ))
+}
+
 #[tokio::test]
 async fn the_broker_wide_memory_limit_holds_back_every_destination() {
     let broker = Broker::new(CoreConfig {
         memory_limit: 64 * 1024,
         ..CoreConfig::default()
     });
-    let msg = |dest: &str, seq: u64| {
-        Arc::new(Message::new(
-            MessageId {
-                producer: Arc::from("ID:m-1:1:1"),
-                seq,
-            },
-            Destination::queue(dest),
-            BodyKind::Bytes,
-            Bytes::from(vec![b'm'; 4096]),
-        ))
-    };
     let a = broker.queue("a");
     let b = broker.queue("b");
     let mut seq = 0;
@@ -446,17 +448,6 @@ async fn a_producer_held_only_by_the_broker_wide_limit_goes_on_after_a_while() {
         memory_limit: 16 * 1024,
         ..CoreConfig::default()
     });
-    let msg = |dest: &str, seq: u64| {
-        Arc::new(Message::new(
-            MessageId {
-                producer: Arc::from("ID:w-1:1:1"),
-                seq,
-            },
-            Destination::queue(dest),
-            BodyKind::Bytes,
-            Bytes::from(vec![b'w'; 4096]),
-        ))
-    };
     let a = broker.queue("a");
     let mut seq = 0;
     while !a.send(msg("a", seq)) {
