@@ -260,3 +260,84 @@ async fn a_repeating_job_remembers_how_many_firings_are_left() {
     assert!(c.recv_within(Duration::from_millis(2000)).await.is_none());
     b.stop().await;
 }
+
+/// Browses the jobs through the management topic: (body, job id) pairs.
+async fn browse(c: &mut Client, reply_to: &str) -> Vec<(String, String)> {
+    c.send(&scheduled(
+        "/topic/ActiveMQ.Scheduler.Management",
+        "",
+        &[("AMQ_SCHEDULER_ACTION", "BROWSE"), ("reply-to", reply_to)],
+    ))
+    .await;
+    let mut jobs = Vec::new();
+    while let Some(m) = c.recv_within(Duration::from_millis(700)).await {
+        assert_eq!(m.command, Command::Message, "{m:?}");
+        jobs.push((body(&m), m.header("scheduledJobId").unwrap().to_string()));
+    }
+    jobs.sort();
+    jobs
+}
+
+#[tokio::test]
+async fn the_management_topic_browses_and_removes_jobs_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_in(dir.path(), on).await;
+    let mut c = b.connect("1.2").await;
+    for name in ["a", "b", "c"] {
+        c.send(&scheduled(
+            "/queue/managed",
+            name,
+            &[
+                ("AMQ_SCHEDULED_DELAY", "60000"),
+                ("persistent", "true"),
+                ("receipt", name),
+            ],
+        ))
+        .await;
+        c.expect_receipt(name).await;
+    }
+    c.subscribe("r", "/queue/browsed", "auto", &[]).await;
+    let jobs = browse(&mut c, "/queue/browsed").await;
+    let names: Vec<&str> = jobs.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    // The management message itself went nowhere.
+    assert!(b
+        .broker
+        .find_queue("ActiveMQ.Scheduler.Management")
+        .is_none());
+    c.send(&scheduled(
+        "/topic/ActiveMQ.Scheduler.Management",
+        "",
+        &[
+            ("AMQ_SCHEDULER_ACTION", "REMOVE"),
+            ("scheduledJobId", &jobs[1].1),
+            ("receipt", "removed"),
+        ],
+    ))
+    .await;
+    c.expect_receipt("removed").await;
+    assert_eq!(b.broker.scheduled(), 2);
+    drop(c);
+    b.stop().await;
+    // Removed for good: the restart brings back the other two only.
+    let b = TestBroker::start_in(dir.path(), on).await;
+    assert_eq!(b.broker.scheduled(), 2);
+    let mut c = b.connect("1.2").await;
+    c.subscribe("r", "/queue/browsed", "auto", &[]).await;
+    let names: Vec<String> = browse(&mut c, "/queue/browsed")
+        .await
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    c.send(&scheduled(
+        "/queue/ActiveMQ.Scheduler.Management",
+        "",
+        &[("AMQ_SCHEDULER_ACTION", "REMOVEALL"), ("receipt", "all")],
+    ))
+    .await;
+    c.expect_receipt("all").await;
+    assert_eq!(b.broker.scheduled(), 0);
+    assert!(browse(&mut c, "/queue/browsed").await.is_empty());
+    b.stop().await;
+}

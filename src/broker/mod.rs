@@ -1412,6 +1412,10 @@ impl Broker {
         target: &Target,
         message: Message,
     ) -> Result<Vec<Arc<Queue>>, StoreError> {
+        if self.is_scheduler_management(&message) {
+            self.manage_jobs(&message).await;
+            return Ok(Vec::new());
+        }
         if let Some(spec) = self.scheduling(&message)? {
             let (job, op) = self.new_job(message, spec)?;
             let (Some(op), Some(store)) = (op, &self.store) else {
@@ -1512,7 +1516,12 @@ impl Broker {
         // Scheduled sends become jobs, recorded with the rest.
         let mut jobs = Vec::new();
         let mut plain = Vec::new();
+        let mut managed = Vec::new();
         for (target, m) in sends {
+            if self.is_scheduler_management(&m) {
+                managed.push(m);
+                continue;
+            }
             let job = match self.scheduling(&m) {
                 Ok(Some(spec)) => self.new_job(m, spec).map(Some),
                 Ok(None) => {
@@ -1565,6 +1574,9 @@ impl Broker {
         let mut full = Vec::new();
         for job in jobs {
             self.jobs.add(job);
+        }
+        for m in managed {
+            self.manage_jobs(&m).await;
         }
         for (target, m) in sends {
             full.extend(target.send(m));

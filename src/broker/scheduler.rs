@@ -33,6 +33,19 @@ pub const CRON: &str = "AMQ_SCHEDULED_CRON";
 pub const MAX_REPEAT: i32 = 1000;
 /// Set on every copy a job sends (ActiveMQ's name).
 pub const JOB_ID: &str = "scheduledJobId";
+/// ActiveMQ's management destination (a topic or a queue of this name): a
+/// message to it with `AMQ_SCHEDULER_ACTION` browses or removes jobs.
+pub const MANAGEMENT: &str = "ActiveMQ.Scheduler.Management";
+pub const ACTION: &str = "AMQ_SCHEDULER_ACTION";
+pub const ACTION_START_TIME: &str = "ACTION_START_TIME";
+pub const ACTION_END_TIME: &str = "ACTION_END_TIME";
+
+/// Whether a destination is the scheduler's management one.
+pub fn is_management(d: &Destination) -> bool {
+    d.name.len() >= MANAGEMENT.len()
+        && d.name.as_bytes()[..MANAGEMENT.len()].eq_ignore_ascii_case(MANAGEMENT.as_bytes())
+}
+
 /// Kept on a stored job: when it fires next (ms since the epoch) and how
 /// many more times after that.
 const DUE: &str = "__ferromq_scheduled_due";
@@ -72,6 +85,16 @@ fn as_long(name: &str, v: &PropValue) -> Result<i64, String> {
 /// properties; an error for values that are not numbers, or a cron entry
 /// (not supported here).
 pub fn spec(m: &Message) -> Result<Option<Spec>, String> {
+    // A job's copy sent again (from a browse, say) goes at once, as in
+    // ActiveMQ.
+    if m.property(JOB_ID).is_some() {
+        return Ok(None);
+    }
+    parse_spec(m)
+}
+
+/// The scheduling properties of a message, read as they are.
+fn parse_spec(m: &Message) -> Result<Option<Spec>, String> {
     let delay = m.property(DELAY);
     let period = m.property(PERIOD);
     if let Some(cron) = m.property(CRON) {
@@ -175,7 +198,7 @@ impl Job {
             PropValue::Int(v) => *v,
             _ => return None,
         };
-        let spec = spec(&m).ok().flatten()?;
+        let spec = parse_spec(&m).ok().flatten()?;
         let id = match m.property(JOB_ID) {
             Some(PropValue::String(s)) => Arc::from(s.as_str()),
             _ => Arc::from(format!("{}:{}", m.id.producer, m.id.seq)),
@@ -322,6 +345,32 @@ impl Jobs {
         self.lock().heap.len()
     }
 
+    /// Every job waiting, due first.
+    pub fn snapshot(&self) -> Vec<Job> {
+        let mut all = self.lock().heap.clone().into_vec();
+        all.sort_by(|a, b| b.cmp(a));
+        all
+    }
+
+    /// Takes out the jobs `remove` says yes to.
+    pub fn remove_where(&self, mut remove: impl FnMut(&Job) -> bool) -> Vec<Job> {
+        let mut i = self.lock();
+        let mut gone = Vec::new();
+        let mut kept = Vec::with_capacity(i.heap.len());
+        for job in std::mem::take(&mut i.heap).into_vec() {
+            if remove(&job) {
+                gone.push(job);
+            } else {
+                kept.push(job);
+            }
+        }
+        i.heap = BinaryHeap::from(kept);
+        for job in &gone {
+            i.bytes -= job.bytes();
+        }
+        gone
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -369,6 +418,83 @@ impl Broker {
             _ => None,
         };
         Ok((job, op))
+    }
+
+    /// Whether a message is for the scheduler's management destination
+    /// (only with scheduled delivery on, as ActiveMQ's SchedulerBroker).
+    pub(crate) fn is_scheduler_management(&self, m: &Message) -> bool {
+        self.config.scheduler_support && is_management(&m.destination)
+    }
+
+    /// Runs a management message's `AMQ_SCHEDULER_ACTION`: BROWSE sends a
+    /// copy of each job (non-persistent, with `scheduledJobId`) to its
+    /// reply-to; REMOVE takes out the job named by `scheduledJobId`;
+    /// REMOVEALL every job; BROWSE and REMOVEALL keep to the jobs due
+    /// between `ACTION_START_TIME` and `ACTION_END_TIME` when both are set.
+    /// The message itself goes nowhere.
+    pub(crate) async fn manage_jobs(&self, m: &Message) {
+        let text = |name: &str| m.property(name).map(|v| v.to_string());
+        let time = |name: &str| m.property(name).and_then(|v| as_long(name, v).ok());
+        let window = match (time(ACTION_START_TIME), time(ACTION_END_TIME)) {
+            (Some(start), Some(end)) => Some((start, end)),
+            _ => None,
+        };
+        let in_window =
+            |job: &Job| window.is_none_or(|(start, end)| job.due >= start && job.due <= end);
+        match text(ACTION).as_deref() {
+            Some("BROWSE") => {
+                let Some(reply_to) = m.extras().reply_to.clone() else {
+                    return;
+                };
+                let Ok(target) = self.resolve(&reply_to) else {
+                    warn!(%reply_to, "scheduler browse: the reply-to destination is gone");
+                    return;
+                };
+                for job in self.jobs.snapshot().into_iter().filter(|j| in_window(j)) {
+                    let mut copy = (*job.message).clone();
+                    copy.persistent = false;
+                    copy.id = MessageId {
+                        producer: self.scheduler_producer.clone(),
+                        seq: self.next_id(),
+                    };
+                    let original = std::mem::replace(&mut copy.destination, reply_to.clone());
+                    let extras = copy.extras_mut();
+                    extras.original_destination = Some(original);
+                    extras.jms_type = Some(ByteStr::from("Advisory"));
+                    copy.properties.retain(|(k, _)| k.as_str() != JOB_ID);
+                    copy.properties.push((
+                        ByteStr::from(JOB_ID),
+                        PropValue::String(ByteStr::from(&*job.id)),
+                    ));
+                    copy.store_id = 0;
+                    target.send(Arc::new(copy));
+                }
+            }
+            Some("REMOVE") => {
+                let Some(id) = text(JOB_ID) else {
+                    return;
+                };
+                let gone = self.jobs.remove_where(|j| *j.id == *id);
+                self.forget_jobs(gone);
+            }
+            Some("REMOVEALL") => {
+                let gone = self.jobs.remove_where(|j| in_window(j));
+                self.forget_jobs(gone);
+            }
+            other => warn!(action = ?other, "scheduler management: unknown {ACTION}"),
+        }
+    }
+
+    /// Removes taken-out jobs' records.
+    fn forget_jobs(&self, gone: Vec<Job>) {
+        let ops: Vec<Op> = gone
+            .iter()
+            .filter(|j| j.store_id != 0)
+            .map(|j| Op::Remove { id: j.store_id })
+            .collect();
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            store.submit(ops);
+        }
     }
 
     /// Takes back the jobs the journal holds (at start-up).
@@ -581,6 +707,17 @@ mod tests {
         .unwrap();
         assert_eq!((s.delay, s.period, s.repeat), (0, 200, 3));
         assert_eq!(first_due(1000, &s), 1200, "no delay: one period");
+        // A job's copy sent again goes at once (ActiveMQ: a job id is set).
+        let again = msg(&[
+            (DELAY, PropValue::Long(500)),
+            (JOB_ID, PropValue::String(ByteStr::from("ID:x:1"))),
+        ]);
+        assert_eq!(spec(&again).unwrap(), None);
+        assert!(parse_spec(&again).unwrap().is_some());
+        assert!(is_management(&Destination {
+            kind: DestinationKind::Topic,
+            name: Arc::from("activemq.scheduler.management"),
+        }));
         for bad in [
             msg(&[(DELAY, PropValue::String(ByteStr::from("soon")))]),
             msg(&[(DELAY, PropValue::Double(1.5))]),

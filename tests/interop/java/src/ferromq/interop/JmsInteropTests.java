@@ -16,6 +16,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Random;
 import java.util.Set;
+import java.util.TreeMap;
 import java.util.UUID;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
@@ -198,6 +199,7 @@ public final class JmsInteropTests {
         test("scheduledDelayHoldsAMessage", JmsInteropTests::scheduledDelayHoldsAMessage);
         test("scheduledPeriodAndRepeatSendCopies", JmsInteropTests::scheduledPeriodAndRepeatSendCopies);
         test("scheduledSendInATransactionWaitsForTheCommit", JmsInteropTests::scheduledSendInATransactionWaitsForTheCommit);
+        test("schedulerManagementBrowsesAndRemovesJobs", JmsInteropTests::schedulerManagementBrowsesAndRemovesJobs);
         // security (a second broker: SECURE_BROKER_URL, tests/interop/secure.toml)
         test("securityWrongCredentialsAreRefused", JmsInteropTests::securityWrongCredentialsAreRefused);
         test("securityUsersWorkWhereTheyMay", JmsInteropTests::securityUsersWorkWhereTheyMay);
@@ -2693,6 +2695,66 @@ public final class JmsInteropTests {
             }
             eq(3, ids.size(), "three message ids");
             check(consumer.receive(2000) == null, "no fourth copy");
+        } finally {
+            quietClose(c);
+        }
+    }
+
+    /** Browses ActiveMQ.Scheduler.Management: this test's jobs (by body prefix), body to job id. */
+    static Map<String, String> browseJobs(Session s, MessageProducer admin, String prefix) throws Exception {
+        TemporaryQueue browsed = s.createTemporaryQueue();
+        MessageConsumer reader = s.createConsumer(browsed);
+        Message browse = s.createMessage();
+        browse.setStringProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION_BROWSE);
+        browse.setJMSReplyTo(browsed);
+        admin.send(browse);
+        Map<String, String> jobs = new TreeMap<>();
+        for (Message m; (m = reader.receive(2000)) != null; ) {
+            String text = ((TextMessage) m).getText();
+            if (text.startsWith(prefix)) {
+                jobs.put(text.substring(prefix.length()), m.getStringProperty("scheduledJobId"));
+            }
+        }
+        reader.close();
+        return jobs;
+    }
+
+    /**
+     * ActiveMQ.Scheduler.Management: BROWSE sends a copy of each waiting job to the reply-to, with
+     * its scheduledJobId; REMOVE takes one job out; REMOVEALL within a time window takes out those due
+     * in it.
+     */
+    static void schedulerManagementBrowsesAndRemovesJobs() throws Exception {
+        String q = uniq("managed");
+        Connection c = started(connect());
+        try {
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            MessageProducer p = s.createProducer(s.createQueue(q));
+            for (String body : new String[] {"one", "two", "three"}) {
+                TextMessage m = s.createTextMessage(q + ":" + body);
+                m.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_DELAY, 60_000);
+                p.send(m);
+            }
+            MessageProducer admin = s.createProducer(
+                    s.createTopic(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_MANAGEMENT_DESTINATION));
+            Map<String, String> jobs = browseJobs(s, admin, q + ":");
+            eq("[one, three, two]", jobs.keySet().toString(), "the jobs browsed");
+            check(jobs.values().stream().allMatch(id -> id != null && !id.isEmpty()), "each with its job id");
+            Message remove = s.createMessage();
+            remove.setStringProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                    org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION_REMOVE);
+            remove.setStringProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULED_ID, jobs.get("two"));
+            admin.send(remove);
+            eq("[one, three]", browseJobs(s, admin, q + ":").keySet().toString(), "after REMOVE");
+            long now = System.currentTimeMillis();
+            Message removeAll = s.createMessage();
+            removeAll.setStringProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION,
+                    org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION_REMOVEALL);
+            removeAll.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION_START_TIME, now + 30_000);
+            removeAll.setLongProperty(org.apache.activemq.ScheduledMessage.AMQ_SCHEDULER_ACTION_END_TIME, now + 90_000);
+            admin.send(removeAll);
+            eq("[]", browseJobs(s, admin, q + ":").keySet().toString(), "after REMOVEALL");
         } finally {
             quietClose(c);
         }
