@@ -477,6 +477,44 @@ impl Broker {
     }
 
     /// Whether a topic of this name is a virtual topic.
+    /// Deletes a topic (ActiveMQ's removeDestination, JMS
+    /// `destroyDestination`): refused while anything subscribes to it, as
+    /// in ActiveMQ (a subscriber, a wildcard subscription covering it, a
+    /// durable subscription even while inactive). A virtual topic stays in
+    /// place for its consumer queues' sake.
+    pub fn delete_topic(&self, destination: &Destination) -> Result<(), BrokerError> {
+        let Some(topic) = self
+            .topics
+            .get(&*destination.name)
+            .map(|t| t.value().clone())
+        else {
+            return Ok(());
+        };
+        let refused = |topic: &Topic| {
+            let ids = topic.sub_ids();
+            let first = ids.first()?;
+            let durable = self
+                .durables
+                .iter()
+                .find(|d| d.value().sub_id == *first)
+                .map(|d| format!("{}:{}", d.key().0, d.key().1));
+            Some(BrokerError::Invalid(format!(
+                "Destination: {destination} still has an active subscription: {}",
+                durable.unwrap_or_else(|| format!("subscription {first}"))
+            )))
+        };
+        if let Some(e) = refused(&topic) {
+            return Err(e);
+        }
+        if !self.is_virtual_topic(&destination.name) {
+            self.topics.remove_if(&*destination.name, |_, t| {
+                Arc::ptr_eq(t, &topic) && t.subscription_count() == 0
+            });
+        }
+        tracing::debug!(topic = %destination.name, "topic deleted");
+        Ok(())
+    }
+
     pub fn is_virtual_topic(&self, name: &str) -> bool {
         let pattern = &self.config.virtual_topics;
         !pattern.is_empty() && wildcard_matches(pattern, name)

@@ -475,3 +475,41 @@ async fn a_producer_held_only_by_the_broker_wide_limit_goes_on_after_a_while() {
         tokio::time::timeout(std::time::Duration::from_secs(30), small.wait_for_space()).await;
     assert!(held.is_err(), "its own limit is not given up on");
 }
+
+#[test]
+fn a_topic_is_deleted_only_when_nothing_subscribes_to_it() {
+    let broker = Broker::new(CoreConfig::default());
+    broker.topic("news.sport");
+    let (s, _) = spec(&broker, 1, false);
+    let wild = broker
+        .subscribe(&Destination::topic("news.>"), s, None)
+        .unwrap();
+    let e = broker
+        .delete_topic(&Destination::topic("news.sport"))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("Destination: topic://news.sport still has an active subscription"),
+        "{e}"
+    );
+    broker.unsubscribe(&wild, 0, false);
+    broker
+        .delete_topic(&Destination::topic("news.sport"))
+        .unwrap();
+    assert!(!broker.exists(&Destination::topic("news.sport")));
+    // A virtual topic stays, for its consumer queues.
+    broker.queue("Consumer.A.VirtualTopic.Orders");
+    broker
+        .delete_topic(&Destination::topic("VirtualTopic.Orders"))
+        .unwrap();
+    broker
+        .target(&Destination::topic("VirtualTopic.Orders"))
+        .send(Arc::new(virtual_msg("VirtualTopic.Orders", 1)));
+    assert_eq!(
+        broker
+            .queue("Consumer.A.VirtualTopic.Orders")
+            .browse()
+            .len(),
+        1
+    );
+}

@@ -129,6 +129,16 @@ impl Topic {
             .collect()
     }
 
+    /// The subscriptions' ids.
+    pub fn sub_ids(&self) -> Vec<u64> {
+        self.subs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.id)
+            .collect()
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subs.read().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -1424,6 +1424,9 @@ impl Session {
         } else if destination.kind == crate::broker::destination::DestinationKind::Queue {
             self.broker.delete_queue(&destination)?;
             self.targets.remove(&destination);
+        } else {
+            self.broker.delete_topic(&destination)?;
+            self.targets.remove(&destination);
         }
         Ok(Reply::Done)
     }

@@ -194,6 +194,7 @@ public final class JmsInteropTests {
         test("virtualTopicQueuesEachGetEveryMessage", JmsInteropTests::virtualTopicQueuesEachGetEveryMessage);
         test("messageGroupsStickAndFlagTheirFirstMessage", JmsInteropTests::messageGroupsStickAndFlagTheirFirstMessage);
         test("destroyDestinationDeletesAQueue", JmsInteropTests::destroyDestinationDeletesAQueue);
+        test("destroyDestinationDeletesATopic", JmsInteropTests::destroyDestinationDeletesATopic);
         test("consumerPriorityComesFirst", JmsInteropTests::consumerPriorityComesFirst);
         // scheduled delivery (the broker runs with schedulerSupport on)
         test("scheduledDelayHoldsAMessage", JmsInteropTests::scheduledDelayHoldsAMessage);
@@ -2781,6 +2782,43 @@ public final class JmsInteropTests {
             check(consumer.receive(1500) == null, "not the rolled back one");
         } finally {
             quietClose(c);
+        }
+    }
+
+    /**
+     * ActiveMQConnection.destroyDestination on a topic: refused while anything subscribes to it, a
+     * durable subscription even while inactive; once none does, the topic goes (and works again when
+     * used again).
+     */
+    static void destroyDestinationDeletesATopic() throws Exception {
+        String t = uniq("doomedTopic");
+        String clientId = uniq("client");
+        ActiveMQConnection c = (ActiveMQConnection) connect();
+        Connection pc = started(connect());
+        try {
+            c.setClientID(clientId);
+            c.start();
+            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            org.apache.activemq.command.ActiveMQTopic topic = new org.apache.activemq.command.ActiveMQTopic(t);
+            TopicSubscriber durable = s.createDurableSubscriber(topic, "kept");
+            MessageConsumer plain = s.createConsumer(topic);
+            String refused = "Destination: topic://" + t + " still has an active subscription";
+            JMSException e = expectThrows(JMSException.class, "deleting a topic with subscribers",
+                    () -> c.destroyDestination(topic));
+            check(e.getMessage().startsWith(refused), "ActiveMQ's words: " + e.getMessage());
+            plain.close();
+            durable.close();
+            e = expectThrows(JMSException.class, "deleting a topic with an inactive durable subscription",
+                    () -> c.destroyDestination(topic));
+            check(e.getMessage().startsWith(refused), "ActiveMQ's words: " + e.getMessage());
+            s.unsubscribe("kept");
+            c.destroyDestination(topic);
+            MessageConsumer fresh = s.createConsumer(topic);
+            Session ps = pc.createSession(false, Session.AUTO_ACKNOWLEDGE);
+            ps.createProducer(ps.createTopic(t)).send(ps.createTextMessage("after the delete"));
+            expectText(fresh, "after the delete", "the topic made again");
+        } finally {
+            quietClose(c, pc);
         }
     }
 
