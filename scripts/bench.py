@@ -6,6 +6,9 @@ Per broker it measures, besides the workloads: time from start to accepting
 connections, CPU seconds per 100 000 messages (from /proc, broker process
 only), peak RSS (VmHWM), and the time to restart after a kill -9 with a
 persistent backlog in the store.
+
+BROKER_LOG=<filter> and BROKER_LOG_FILE=<path> keep ferromq's log of the
+runs (off by default).
 """
 import json, os, platform, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -79,7 +82,7 @@ class Ferromq:
         self.proc = subprocess.Popen(
             [FERROMQ, "--data-dir", os.path.join(self.dir, "data"),
              "--stomp-addr", f"127.0.0.1:{self.stomp}", "--auto-addr", f"127.0.0.1:{self.openwire}", "--ws-addr", ""] + self.args,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
+            stdout=open(os.environ.get("BROKER_LOG_FILE", os.devnull), "w"), stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": os.environ.get("BROKER_LOG", "warn")},
             preexec_fn=os.setpgrp)  # paused (SIGSTOP) at times: its own process group, same session
         wait_port(self.stomp)
         wait_port(self.openwire)

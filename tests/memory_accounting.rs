@@ -4,7 +4,8 @@
 //! `limits.destination_memory_limit`) bound the process's memory only if
 //! the count is close to the truth.
 //!
-//! One test in this binary: the allocator counts the whole process.
+//! The allocator counts the whole process: the tests here take turns
+//! (`ONE_AT_A_TIME`).
 
 mod common;
 
@@ -56,6 +57,8 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Memory in use now, the allocator's own share included.
 fn live() -> isize {
@@ -109,6 +112,7 @@ fn check(what: &str, (counted, real): (f64, f64)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_counts_what_it_holds() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let b = TestBroker::start().await;
 
     // OpenWire: what the JMS load client sends (a 256 B BytesMessage with an
@@ -177,5 +181,57 @@ async fn a_backlog_counts_what_it_holds() {
     })
     .await;
     check("STOMP", figures);
+    b.stop().await;
+}
+
+/// The process's resident memory.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_to_the_system_once_a_backlog_drains() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let b = TestBroker::start().await;
+    let before = rss();
+    // ~40 MiB of backlog, then a consumer takes it all.
+    let n = 30_000;
+    let mut p = b.connect("1.2").await;
+    let body = vec![b'z'; 1024];
+    for _ in 0..n {
+        p.send(&frame(Command::Send, &[("destination", "/queue/drain")]).with_body(body.clone()))
+            .await;
+    }
+    until_enqueued(&b, "drain", n).await;
+    let full = rss();
+    assert!(
+        full >= before + (30 << 20),
+        "the backlog shows: {} -> {} MiB",
+        before >> 20,
+        full >> 20
+    );
+    let mut c = b.connect("1.2").await;
+    c.subscribe("0", "/queue/drain", "auto", &[]).await;
+    for _ in 0..n {
+        c.expect_message().await;
+    }
+    // Within a few of the trimmer's periods most of it is back.
+    let start = Instant::now();
+    loop {
+        let now = rss();
+        if now < full - (24 << 20) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "resident memory stays at {} MiB after the backlog ({} MiB before it, {} MiB with it)",
+            now >> 20,
+            before >> 20,
+            full >> 20
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.stop().await;
 }

@@ -115,6 +115,8 @@ pub struct MemoryUsage {
     /// Signed: one queue's give-back may land before another's take is
     /// counted; a moment below zero is harmless, a wrap would not be.
     used: AtomicIsize,
+    /// The highest `used` since [`MemoryUsage::take_peak`] last read it.
+    peak: AtomicIsize,
     limit: usize,
     space: Notify,
 }
@@ -123,6 +125,7 @@ impl MemoryUsage {
     pub fn new(limit: usize) -> Self {
         MemoryUsage {
             used: AtomicIsize::new(0),
+            peak: AtomicIsize::new(0),
             limit,
             space: Notify::new(),
         }
@@ -140,8 +143,16 @@ impl MemoryUsage {
         self.used() >= self.limit
     }
 
+    /// The highest use since the last call (a backlog that came and went
+    /// between two looks shows here), and starts again from now.
+    pub fn take_peak(&self) -> usize {
+        let now = self.used.load(Ordering::Relaxed);
+        self.peak.swap(now, Ordering::Relaxed).max(now).max(0) as usize
+    }
+
     fn add(&self, n: usize) {
-        self.used.fetch_add(n as isize, Ordering::Relaxed);
+        let before = self.used.fetch_add(n as isize, Ordering::Relaxed);
+        self.peak.fetch_max(before + n as isize, Ordering::Relaxed);
     }
 
     fn sub(&self, n: usize) {

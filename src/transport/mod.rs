@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod outbox;
+pub mod trim;
 pub mod websocket;
 
 /// Ends a connection's writer task: it flushes what the session queued,
@@ -209,6 +210,27 @@ impl Server {
             }
         };
         tracker.spawn(sweeper);
+        // Memory freed by drained backlogs goes back to the system.
+        let usage = self.broker.memory_usage().clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let mut trimmer = trim::Trimmer::default();
+            let mut tick = tokio::time::interval(trim::PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let (peak, used) = (usage.take_peak(), usage.used());
+                        if trimmer.due(peak, used) {
+                            tracing::debug!(used, "memory freed by drained backlogs goes back to the system");
+                            // (It walks the allocator's free lists: off the workers.)
+                            let _ = tokio::task::spawn_blocking(trim::trim).await;
+                        }
+                    }
+                }
+            }
+        });
         // Scheduled messages go when they are due.
         tracker.spawn(self.broker.clone().run_scheduler(shutdown.clone()));
         shutdown.cancelled().await;
