@@ -17,13 +17,15 @@ pub const TRIM_STEP: usize = 16 << 20;
 pub const PERIOD: Duration = Duration::from_secs(1);
 
 /// Decides when to trim, from the memory in use over time: once a step has
-/// drained from the highest point since the last trim, and once more a
-/// period later (the count falls as messages are taken, a little before
-/// the last of them are freed).
+/// drained from the highest point since the last trim, and once more when
+/// the draining stops (the count falls as messages are taken, a little
+/// before the last of them are freed; and what drains after a trim in the
+/// middle of a drain would otherwise stay).
 #[derive(Debug, Default)]
 pub struct Trimmer {
     high: usize,
-    again: bool,
+    last: usize,
+    draining: bool,
 }
 
 impl Trimmer {
@@ -31,12 +33,18 @@ impl Trimmer {
     /// when what was given back since the highest point is worth returning.
     pub fn due(&mut self, peak: usize, used: usize) -> bool {
         self.high = self.high.max(peak).max(used);
+        let falling = used < self.last;
+        self.last = used;
         if self.high - used >= TRIM_STEP {
             self.high = used;
-            self.again = true;
+            self.draining = true;
             return true;
         }
-        std::mem::take(&mut self.again)
+        if self.draining && !falling {
+            self.draining = false;
+            return true;
+        }
+        false
     }
 }
 
@@ -57,20 +65,20 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     #[test]
-    fn trims_once_a_step_has_drained_and_once_more_after() {
+    fn trims_once_a_step_has_drained_and_once_the_draining_stops() {
         let mut t = Trimmer::default();
         assert!(!t.due(0, 0));
         assert!(!t.due(40 * MIB, 40 * MIB));
         assert!(!t.due(30 * MIB, 30 * MIB), "10 MiB drained: not yet");
         assert!(t.due(20 * MIB, 20 * MIB), "20 MiB drained");
-        assert!(t.due(19 * MIB, 19 * MIB), "once more");
-        assert!(!t.due(10 * MIB, 10 * MIB), "10 MiB since the last trim");
-        assert!(t.due(0, 0), "20 MiB since the last trim");
-        assert!(t.due(0, 0), "once more");
-        assert!(!t.due(0, 0), "nothing drained since");
+        assert!(!t.due(12 * MIB, 12 * MIB), "still draining, 8 MiB since");
+        assert!(!t.due(6 * MIB, 6 * MIB), "still draining");
+        assert!(t.due(6 * MIB, 6 * MIB), "the draining stopped");
+        assert!(!t.due(6 * MIB, 6 * MIB), "nothing drained since");
         // A backlog that came and went between two looks.
         assert!(t.due(30 * MIB, 0));
         assert!(t.due(0, 0), "once more");
+        assert!(!t.due(0, 0));
         // A new backlog that drains less than a step is left alone.
         assert!(!t.due(15 * MIB, 15 * MIB));
         assert!(!t.due(0, 0));
