@@ -5,8 +5,8 @@
 //! thread would each keep their own pages, so the process's resident size
 //! would grow to the sum of its past backlogs rather than the largest.
 //! Once a second the broker-wide count of message memory is compared with
-//! its highest point since the last trim; when that much has been freed,
-//! the free pages of every arena go back (`malloc_trim`, glibc only).
+//! its highest point since the last trim; once [`TRIM_STEP`] of it has been
+//! freed, the free pages of every arena go back (`malloc_trim`, glibc only).
 
 use std::time::Duration;
 
